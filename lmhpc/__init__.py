@@ -1,0 +1,3 @@
+"""lmhpc: SLURM batch jobs that build a language model end to end."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from lmhpc.cli import main
+
+raise SystemExit(main())

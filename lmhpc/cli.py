@@ -1,0 +1,104 @@
+"""``lmhpc``: run a pipeline, run one stage, show a run's status, sync its W&B runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lmhpc.config import ConfigError, load_config
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides, executor=args.executor)
+    from lmhpc.pipeline import launch, plan
+
+    only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
+    stages = plan(cfg, only)
+    return launch(cfg, args.config, args.overrides, stages, dry_run=args.dry_run)
+
+
+def _stage(args: argparse.Namespace) -> int:
+    from lmhpc.runner import run_stage
+    from lmhpc.stages import STAGES
+
+    if args.name not in STAGES:
+        print(f"lmhpc: unknown stage '{args.name}'; known: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    cfg = load_config(args.config, args.overrides)
+    if (args.task is None) != (args.num_tasks is None):
+        print("lmhpc: --task and --num-tasks go together", file=sys.stderr)
+        return 2
+    if args.task is not None and not 0 <= args.task < args.num_tasks:
+        print(f"lmhpc: --task must be in [0, {args.num_tasks})", file=sys.stderr)
+        return 2
+    return run_stage(cfg, args.name, task=args.task, num_tasks=args.num_tasks, finalize=args.finalize)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from lmhpc.pipeline import status
+
+    try:
+        rows = status(Path(args.run_dir))
+    except FileNotFoundError as e:
+        print(f"lmhpc: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'stage':<12} {'state':<10} {'jobs':<24} sacct")
+    for r in rows:
+        sacct = " ".join(f"{k}={v}" for k, v in sorted(r["sacct"].items()))
+        print(f"{r['stage']:<12} {r['state']:<10} {' '.join(r['job_ids']):<24} {sacct}")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from lmhpc.track import sync
+
+    return 1 if sync(Path(args.run_dir), args.project, args.entity, dry_run=args.dry_run) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmhpc", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run (local) or submit (slurm) the stage chain of a config")
+    r.add_argument("config")
+    r.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    r.add_argument("--executor", choices=["local", "slurm"], default=None)
+    r.add_argument("--stages", default=None, help="comma-separated subset of stages")
+    r.add_argument("--dry-run", action="store_true", help="print what would run or be submitted")
+    r.set_defaults(func=_run)
+
+    s = sub.add_parser("stage", help="run one stage here (what every job runs)")
+    s.add_argument("name")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--task", type=int, default=None, help="array stages: this task's index")
+    s.add_argument("--num-tasks", type=int, default=None, help="array stages: number of tasks")
+    s.add_argument("--finalize", action="store_true", help="array stages: merge the tasks' results")
+    s.set_defaults(func=_stage)
+
+    st = sub.add_parser("status", help="state of each stage of a run folder")
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_status)
+
+    sy = sub.add_parser("sync", help="upload a run folder's offline W&B runs, attempts in order")
+    sy.add_argument("run_dir")
+    sy.add_argument("--project", default=None)
+    sy.add_argument("--entity", default=None)
+    sy.add_argument("--dry-run", action="store_true")
+    sy.set_defaults(func=_sync)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"lmhpc: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Curate stage: read raw collections, validate, filter, select and shard them."""

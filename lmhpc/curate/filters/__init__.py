@@ -1,0 +1,1 @@
+"""Document filters for the curate stage."""

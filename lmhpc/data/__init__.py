@@ -1,0 +1,1 @@
+"""Documents and the readers, writers and quarantine every data stage shares."""

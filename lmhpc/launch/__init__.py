@@ -1,0 +1,1 @@
+"""Where and how stages run: local subprocesses, SLURM through submitit, preemption plumbing."""

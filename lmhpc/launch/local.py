@@ -1,0 +1,127 @@
+"""The local executor: every stage as subprocesses on this machine, in order.
+
+Array stages run their tasks as concurrent processes, then one finalize process; MPI stages run
+under ``mpiexec -n N``; torch stages under ``torchrun --nproc-per-node N``. A task that exits with
+the requeue code (it saved its state on a preemption signal) is started again, as SLURM would.
+A failing stage stops the chain: its dependants are not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lmhpc.config import RunConfig
+from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
+from lmhpc.launch.state import PipelineState
+from lmhpc.stages import STAGES
+
+log = logging.getLogger("lmhpc.local")
+
+
+def venv_tool(name: str) -> str:
+    """An executable next to the running interpreter (the venv's mpiexec, torchrun), else from PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def stage_command(cfg: RunConfig, stage: str, config_path: str, overrides: list[str]) -> list[str]:
+    """The command that runs one stage in this process tree (before any per-task arguments)."""
+    spec = STAGES[stage]
+    res = cfg.resources_for(stage)
+    python = cfg.executor.python or sys.executable
+    base = ["-m", "lmhpc", "stage", stage, config_path, *overrides]
+    if spec.kind == "mpi":
+        return [venv_tool("mpiexec"), "-n", str(res.tasks), python, *base]
+    if spec.kind == "torch" and res.tasks * res.nodes > 1:
+        return [venv_tool("torchrun"), "--standalone", f"--nproc-per-node={res.tasks}", *base]
+    return [python, *base]
+
+
+class LocalExecutor:
+    """Runs the chain here, one stage after another, honouring completion markers."""
+
+    def __init__(self, cfg: RunConfig, config_path: str, overrides: list[str]) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = overrides
+        self.state = PipelineState(cfg.run_dir)
+
+    def _env(self, attempt: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.cfg.executor.env)
+        env["LMHPC_EXECUTOR"] = "local"
+        env["LMHPC_ATTEMPT"] = str(attempt)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def _run_with_requeue(self, cmd: list[str], stage: str, label: str) -> int:
+        res = self.cfg.resources_for(stage)
+        for attempt in range(res.max_requeues + 1):
+            rc = self._spawn([cmd], attempt)[0]
+            if rc != REQUEUE_EXIT_CODE:
+                return rc
+            log.warning("%s was preempted; starting it again (attempt %d)", label, attempt + 2)
+        return rc
+
+    def _spawn(self, cmds: list[list[str]], attempt: int) -> list[int]:
+        procs = [subprocess.Popen(c, env=self._env(attempt)) for c in cmds]
+        try:
+            return [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait()
+            raise
+
+    def run_stage(self, stage: str) -> int:
+        spec = STAGES[stage]
+        res = self.cfg.resources_for(stage)
+        cmd = stage_command(self.cfg, stage, self.config_path, self.overrides)
+        if spec.kind != "array":
+            return self._run_with_requeue(cmd, stage, f"stage {stage}")
+        n = res.tasks
+        pending = list(range(n))
+        for attempt in range(res.max_requeues + 1):
+            cmds = [cmd + ["--task", str(t), "--num-tasks", str(n)] for t in pending]
+            codes = self._spawn(cmds, attempt)
+            failed = [t for t, rc in zip(pending, codes) if rc not in (0, REQUEUE_EXIT_CODE)]
+            if failed:
+                log.error("stage %s: task(s) %s failed", stage, failed)
+                return 1
+            pending = [t for t, rc in zip(pending, codes) if rc == REQUEUE_EXIT_CODE]
+            if not pending:
+                break
+            log.warning("stage %s: task(s) %s preempted; starting them again", stage, pending)
+        if pending:
+            return REQUEUE_EXIT_CODE
+        return self._run_with_requeue(cmd + ["--finalize"], stage, f"stage {stage} finalize")
+
+    def run(self, stages: list[str]) -> int:
+        self.state.record_submission("local", stages)
+        for stage in stages:
+            if (self.cfg.run_dir / stage / "DONE").exists():
+                print(f"[lmhpc] {stage}: already complete, skipped")
+                self.state.update(stage, state="done")
+                continue
+            print(f"[lmhpc] {stage}: running ({STAGES[stage].kind}, {self.cfg.resources_for(stage).tasks} task(s))")
+            self.state.update(stage, state="running", pid=os.getpid(), started=time.time())
+            t0 = time.time()
+            rc = self.run_stage(stage)
+            if rc != 0:
+                self.state.update(stage, state="failed", returncode=rc, ended=time.time())
+                later = stages[stages.index(stage) + 1 :]
+                for s in later:
+                    self.state.update(s, state="cancelled", reason=f"dependency {stage} failed")
+                print(f"[lmhpc] {stage}: FAILED (exit {rc}); not running {later or 'anything else'}")
+                return rc
+            self.state.update(stage, state="done", ended=time.time())
+            print(f"[lmhpc] {stage}: done in {time.time() - t0:.1f}s -> {self.cfg.run_dir / stage}")
+        return 0

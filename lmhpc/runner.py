@@ -1,0 +1,216 @@
+"""Runs one stage in the current process, whichever executor placed it there.
+
+Completion is recorded on disk: array stages write one marker per unit (``_units/<index>.json``,
+holding that unit's stats), and every stage ends with ``stats.json``, the resolved ``config.json``
+and the ``DONE`` marker, written last. A rerun skips what is done and redoes what is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lmhpc.config import RunConfig, dump_json
+from lmhpc.context import DONE_MARKER, StageContext
+from lmhpc.fsutil import read_json, write_json, write_text
+from lmhpc.launch.preempt import PreemptionFlag, Preempted, requeue_or_exit
+from lmhpc.stages import STAGES
+from lmhpc.track import open_tracker
+
+log = logging.getLogger("lmhpc.runner")
+
+UNITS_DIR = "_units"
+
+
+class StageFailed(RuntimeError):
+    """A stage could not complete (incomplete units, broken accounting, too much bad input)."""
+
+
+class AccountingError(StageFailed):
+    """``docs_in != docs_out + quarantined + sum(dropped)``."""
+
+
+def setup_logging(rank: int = 0) -> None:
+    fmt = f"%(asctime)s %(levelname)s [%(name)s r{rank}] %(message)s"
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    else:
+        for h in root.handlers:
+            h.setFormatter(logging.Formatter(fmt))
+    for noisy in ("wandb", "urllib3", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def is_done(cfg: RunConfig, stage: str) -> bool:
+    return (cfg.run_dir / stage / DONE_MARKER).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# stats
+
+
+def merge_stats(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Numbers add up, mappings merge key by key, lists concatenate; other values keep the first."""
+    out = dict(a)
+    for k, v in b.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, bool) or isinstance(out[k], bool):
+            out[k] = out[k]
+        elif isinstance(v, (int, float)) and isinstance(out[k], (int, float)):
+            out[k] = out[k] + v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = merge_stats(out[k], v)
+        elif isinstance(v, list) and isinstance(out[k], list):
+            out[k] = out[k] + v
+    return out
+
+
+def check_accounting(stats: dict[str, Any], where: str) -> None:
+    """Data stages account for every document: in = out + quarantined + sum(dropped)."""
+    if "docs_in" not in stats:
+        return
+    dropped = stats.get("dropped", {})
+    total = stats.get("docs_out", 0) + stats.get("quarantined", 0) + sum(dropped.values())
+    if stats["docs_in"] != total:
+        raise AccountingError(
+            f"{where}: docs_in={stats['docs_in']} but docs_out={stats.get('docs_out', 0)} + "
+            f"quarantined={stats.get('quarantined', 0)} + dropped={sum(dropped.values())} ({dropped}) = {total}"
+        )
+
+
+def complete_stage(ctx: StageContext, stats: dict[str, Any], started: float) -> dict[str, Any]:
+    """Rank 0: check accounting, write stats.json and config.json, log to W&B, then the DONE marker."""
+    stats = dict(stats)
+    stats.setdefault("stage", ctx.stage)
+    stats["wall_s"] = round(time.time() - started, 3)
+    check_accounting(stats, f"stage {ctx.stage}")
+    write_text(ctx.stage_dir / "config.json", dump_json(ctx.cfg))
+    write_json(ctx.stage_dir / "stats.json", stats)
+    ctx.tracker.log({"stats": stats}, step=int(stats.get("step", 0)))
+    ctx.tracker.summary(stats)
+    write_json(ctx.stage_dir / DONE_MARKER, {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "attempt": ctx.attempt})
+    log.info("stage %s complete: %s", ctx.stage, ctx.stage_dir)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# placement
+
+
+def _distributed_identity(kind: str) -> tuple[int, int, int, Any]:
+    """(rank, world, local rank, MPI comm) for this process."""
+    if kind == "mpi":
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        local = int(os.environ.get("SLURM_LOCALID") or os.environ.get("MPI_LOCALRANKID") or 0)
+        return comm.Get_rank(), comm.Get_size(), local, comm
+    if kind == "torch":
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        return rank, world, local, None
+    return 0, 1, 0, None
+
+
+def unit_marker(stage_dir: Path, index: int) -> Path:
+    return stage_dir / UNITS_DIR / f"{index:06d}.json"
+
+
+def run_units(ctx: StageContext, module: Any, task: int, num_tasks: int) -> dict[str, int]:
+    """Process this task's share (``index % num_tasks == task``) of an array stage's units."""
+    units = list(module.units(ctx))
+    mine = [(i, u) for i, u in enumerate(units) if i % num_tasks == task]
+    done = skipped = 0
+    for index, unit in mine:
+        marker = unit_marker(ctx.stage_dir, index)
+        if marker.exists():
+            skipped += 1
+            continue
+        if ctx.should_stop():
+            raise Preempted(f"stopping before unit {index}")
+        t0 = time.time()
+        stats = module.process_unit(ctx, index, unit)
+        stats = dict(stats)
+        stats.setdefault("seconds", round(time.time() - t0, 3))
+        write_json(marker, {"unit": str(unit), "index": index, "stats": stats})
+        done += 1
+        log.info("unit %d/%d done (%s)", index + 1, len(units), unit)
+    log.info("task %d/%d: %d units done, %d already done before", task, num_tasks, done, skipped)
+    return {"units_done": done, "units_skipped": skipped}
+
+
+def finalize_units(ctx: StageContext, module: Any, started: float) -> dict[str, Any]:
+    """Merge every unit's stats (in unit order) and complete the stage."""
+    units = list(module.units(ctx))
+    missing = [i for i in range(len(units)) if not unit_marker(ctx.stage_dir, i).exists()]
+    if missing:
+        raise StageFailed(f"stage {ctx.stage}: {len(missing)} of {len(units)} units are not complete: {missing[:10]}")
+    stats: dict[str, Any] = {"units": len(units)}
+    for i in range(len(units)):
+        stats = merge_stats(stats, read_json(unit_marker(ctx.stage_dir, i))["stats"])
+    if hasattr(module, "finalize"):
+        stats = module.finalize(ctx, stats)
+    return complete_stage(ctx, stats, started)
+
+
+def run_stage(
+    cfg: RunConfig,
+    stage: str,
+    task: int | None = None,
+    num_tasks: int | None = None,
+    finalize: bool = False,
+) -> int:
+    """Run (a part of) one stage here. Returns an exit code: 0 done, 75 requeue, 1 failed."""
+    spec = STAGES[stage]
+    rank, world, local, comm = _distributed_identity(spec.kind)
+    if spec.kind == "array" and task is not None:
+        rank, world = task, num_tasks or 1
+    setup_logging(rank)
+    flag = PreemptionFlag().install()
+    stage_dir = cfg.run_dir / stage
+    if (stage_dir / DONE_MARKER).exists():
+        log.info("stage %s is already complete (%s); nothing to do", stage, stage_dir)
+        return 0
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for needed in spec.reads:
+        if not is_done(cfg, needed):
+            log.error("stage %s needs stage %s, which is not complete in %s", stage, needed, cfg.run_dir)
+            return 1
+    module = spec.load()
+    started = time.time()
+    logs_tracker = spec.kind != "array" or finalize or task is None
+    tracker = open_tracker(cfg, stage, stage_dir, rank if logs_tracker else 1)
+    ctx = StageContext(cfg=cfg, stage=stage, rank=rank, world_size=world, local_rank=local, tracker=tracker,
+                       flag=flag, comm=comm)
+    if rank == 0:
+        write_text(stage_dir / "config.json", dump_json(cfg))
+    code = 0
+    try:
+        if spec.kind == "array":
+            if not finalize:
+                run_units(ctx, module, task or 0, num_tasks or 1)
+            if finalize or task is None:
+                finalize_units(ctx, module, started)
+        else:
+            stats = module.run(ctx)
+            if rank == 0:
+                complete_stage(ctx, stats or {}, started)
+    except Preempted as e:
+        log.warning("stage %s preempted (%s); state saved, exiting for requeue", stage, e)
+        code = requeue_or_exit(rank)
+    except StageFailed as e:
+        log.error("%s", e)
+        code = 1
+    except BaseException:
+        code = 1
+        raise
+    finally:
+        tracker.finish(exit_code=code)
+    return code
