@@ -112,6 +112,13 @@ def _distributed_identity(kind: str) -> tuple[int, int, int, Any]:
         local = int(os.environ.get("SLURM_LOCALID") or os.environ.get("MPI_LOCALRANKID") or 0)
         return comm.Get_rank(), comm.Get_size(), local, comm
     if kind == "torch":
+        if "RANK" not in os.environ and "SLURM_PROCID" in os.environ:
+            # plain srun (slurm/pretrain.sbatch): torch.distributed's env:// reads these names
+            os.environ["RANK"] = os.environ["SLURM_PROCID"]
+            os.environ["WORLD_SIZE"] = os.environ.get("SLURM_NTASKS", "1")
+            os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 40000))
         rank = int(os.environ.get("RANK", 0))
         world = int(os.environ.get("WORLD_SIZE", 1))
         local = int(os.environ.get("LOCAL_RANK", 0))

@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Batch entry point of the pretrain stage: `python jobs/pretrain.py CONFIG [key.sub=value ...] [--task I --num-tasks N]`.
+
+Runs the stage in this process (or this allocation's ranks); what every pretrain job runs.
+"""
+
+import sys
+from pathlib import Path
+
+# this folder holds tokenize.py: replace it on sys.path so it cannot shadow the standard library
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from lmhpc.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main(["stage", "pretrain", *sys.argv[1:]]))

@@ -1,0 +1,28 @@
+# Sourced by every slurm/<stage>.sbatch: finds the checkout and its interpreter, exports the
+# executor marker, and runs one stage with srun so that SLURM's --signal reaches the tasks.
+# Submit from the checkout's root (or export LMHPC_ROOT=/path/to/lmhpc).
+set -euo pipefail
+LMHPC_ROOT=${LMHPC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
+LMHPC_PYTHON=${LMHPC_PYTHON:-$LMHPC_ROOT/.venv/bin/python}
+export LMHPC_EXECUTOR=slurm PYTHONUNBUFFERED=1
+cd "$LMHPC_ROOT"
+if [ ! -x "$LMHPC_PYTHON" ] && ! command -v "$LMHPC_PYTHON" >/dev/null 2>&1; then
+  echo "lmhpc: no interpreter at $LMHPC_PYTHON (set LMHPC_PYTHON or LMHPC_ROOT)" >&2
+  exit 2
+fi
+echo "lmhpc: job ${SLURM_JOB_ID:-?} (array task ${SLURM_ARRAY_TASK_ID:--}) restart ${SLURM_RESTART_COUNT:-0} on $(hostname)"
+
+# lmhpc_stage STAGE CONFIG [overrides...] [--task I --num-tasks N] [--finalize]
+lmhpc_stage() {
+  local stage=$1; shift
+  # python on every task of this step; MPI stages add --mpi via LMHPC_SRUN_ARGS
+  # shellcheck disable=SC2086
+  srun --kill-on-bad-exit=1 ${LMHPC_SRUN_ARGS:-} "$LMHPC_PYTHON" -m lmhpc stage "$stage" "$@"
+}
+
+# torch stages: rendezvous on the first node of the allocation
+lmhpc_torch_env() {
+  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  MASTER_PORT=$((20000 + SLURM_JOB_ID % 40000))
+  export MASTER_ADDR MASTER_PORT
+}

@@ -1,0 +1,11 @@
+#!/bin/bash
+# The test suite: set up .venv (first time only), start the local single-node SLURM cluster
+# (installs Debian's slurm and munge packages the first time), then run every test, the slow
+# end-to-end ones included. Extra arguments go to pytest (e.g. -m "not slurm", -k config).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash env/setup_cpu.sh
+bash tools/slurm_cluster.sh start
+eval "$(bash tools/slurm_cluster.sh env)"
+export WANDB_MODE=offline
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q -ra "$@"
