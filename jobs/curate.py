@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Batch entry point of the curate stage: `python jobs/curate.py CONFIG [key.sub=value ...] [--task I --num-tasks N]`.
+"""Batch entry point of the curate stage: `python jobs/curate.py CONFIG [key.sub=value ...]`.
+
+Array stages also take ``--task I --num-tasks N`` and ``--finalize``.
 
 Runs the stage in this process (or this allocation's ranks); what every curate job runs.
 """

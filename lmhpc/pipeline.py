@@ -73,10 +73,16 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def jobs_of(recorded: dict[str, Any], sacct: dict[str, str]) -> dict[str, str]:
+    """The sacct states of a stage's jobs (array tasks included)."""
+    ids = recorded.get("job_ids", [])
+    return {jid: st for jid, st in sacct.items() if any(jid == j or jid.startswith(f"{j}_") for j in ids)}
+
+
 def summarize_state(stage_dir: Path, recorded: dict[str, Any], sacct: dict[str, str]) -> str:
     if (stage_dir / DONE_MARKER).exists():
         return "done"
-    states = [s for jid, s in sacct.items() if any(jid == j or jid.startswith(f"{j}_") for j in recorded.get("job_ids", []))]
+    states = list(jobs_of(recorded, sacct).values())
     if any(s in ("FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE") for s in states):
         return "failed"
     if any(s == "CANCELLED" for s in states):
@@ -98,12 +104,10 @@ def status(run_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for stage in data.get("order", list(data["stages"])):
         recorded = data["stages"].get(stage, {})
-        jobs = {jid: st for jid, st in sacct.items()
-                if any(jid == j or jid.startswith(f"{j}_") for j in recorded.get("job_ids", []))}
         rows.append({
             "stage": stage,
             "state": summarize_state(Path(run_dir) / stage, recorded, sacct),
             "job_ids": recorded.get("job_ids", []),
-            "sacct": jobs,
+            "sacct": jobs_of(recorded, sacct),
         })
     return rows

@@ -17,7 +17,7 @@ from typing import Any
 from lmhpc.config import RunConfig, dump_json
 from lmhpc.context import DONE_MARKER, StageContext
 from lmhpc.fsutil import read_json, write_json, write_text
-from lmhpc.launch.preempt import PreemptionFlag, Preempted, requeue_or_exit
+from lmhpc.launch.preempt import Preempted, PreemptionFlag, requeue_or_exit
 from lmhpc.stages import STAGES
 from lmhpc.track import open_tracker
 

@@ -88,7 +88,7 @@ def executor_parameters(cfg: RunConfig, stage: str, finalize: bool = False) -> d
             params[key] = value
     if res.constraint:
         params["constraint"] = res.constraint
-    setup = [f"export LMHPC_EXECUTOR=slurm"]
+    setup = ["export LMHPC_EXECUTOR=slurm"]
     for name, value in sorted(ex.env.items()):
         setup.append(f"export {name}={shlex.quote(value)}")
     setup += list(ex.setup)

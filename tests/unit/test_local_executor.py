@@ -1,0 +1,68 @@
+"""The local executor end to end through the CLI: tasks as processes, status, resume, real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
+from tests.conftest import write_config
+from tests.helpers import curate_config, tree_bytes, write_jsonl_corpus
+
+
+def lmhpc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "lmhpc", *args], capture_output=True, text=True)
+    if check:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def test_run_with_tasks_matches_one_task_and_status(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_jsonl_corpus(corpus, files=5, docs_per_file=30, gz=True)
+    cfg = write_config(tmp_path / "c.yaml", curate_config(tmp_path, corpus))
+    out = lmhpc("run", str(cfg), "resources.curate.tasks=3")
+    assert "curate: done" in out.stdout
+    lmhpc("run", str(cfg), "run.name=single", "resources.curate.tasks=1")
+    runs = tmp_path / "runs"
+    assert tree_bytes(runs / "t" / "curate" / "data") == tree_bytes(runs / "single" / "curate" / "data")
+    status = json.loads(lmhpc("status", str(runs / "t"), "--json").stdout)
+    assert status == [{"stage": "curate", "state": "done", "job_ids": [], "sacct": {}}]
+    again = lmhpc("run", str(cfg), "resources.curate.tasks=3")
+    assert "already complete" in again.stdout
+
+
+def test_failed_stage_reports_failed(tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", curate_config(tmp_path, tmp_path / "empty"))
+    out = lmhpc("run", str(cfg), check=False)
+    assert out.returncode != 0
+    assert "FAILED" in out.stdout
+    status = json.loads(lmhpc("status", str(tmp_path / "runs" / "t"), "--json").stdout)
+    assert status[0]["state"] == "failed"
+
+
+def test_real_signal_saves_then_resumes_to_identical_output(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_jsonl_corpus(corpus, files=24, docs_per_file=1500)
+    cfg = write_config(tmp_path / "c.yaml", curate_config(tmp_path, corpus))
+    units = tmp_path / "runs" / "t" / "curate" / "_units"
+    proc = subprocess.Popen([sys.executable, "-m", "lmhpc", "stage", "curate", str(cfg), "--task", "0",
+                             "--num-tasks", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (units.exists() and any(units.glob("*.json"))):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGUSR2)
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == REQUEUE_EXIT_CODE, log
+    assert "preempted" in log
+    partial = len(list(units.glob("*.json")))
+    assert 1 <= partial < 24
+    # the requeued attempt skips what is done and finishes
+    lmhpc("stage", "curate", str(cfg), "--task", "0", "--num-tasks", "1")
+    lmhpc("stage", "curate", str(cfg), "--finalize")
+    lmhpc("run", str(cfg), "run.name=clean")
+    runs = tmp_path / "runs"
+    assert tree_bytes(runs / "t" / "curate" / "data") == tree_bytes(runs / "clean" / "curate" / "data")
