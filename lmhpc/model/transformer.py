@@ -1,0 +1,280 @@
+"""A Llama-style decoder-only transformer in plain PyTorch, readable top to bottom.
+
+RoPE, RMSNorm, SwiGLU, grouped-query attention through ``scaled_dot_product_attention``, tied or
+untied embeddings; a Mixture-of-Experts FFN (:mod:`lmhpc.model.moe`) and a Mamba mixer
+(:mod:`lmhpc.model.mamba`) as options for hybrid stacks. Nothing in here knows about parallelism:
+``lmhpc.train.parallel`` shards these modules from the outside. Two hooks make that possible
+without touching the math: layers live in a ``ModuleDict`` keyed by their global index (a pipeline
+stage deletes the layers it does not own, keeping parameter names global), and each attention
+module calls ``self.attend(q, k, v, positions)``, which context parallelism replaces.
+
+μP (``mup_base_dim > 0``): hidden matrices are initialised with std ∝ 1/sqrt(width multiplier),
+the logits are multiplied by 1/width multiplier, and ``lmhpc.train.optim`` divides the Adam
+learning rate of hidden matrices by the width multiplier. Width is meant to grow through the
+number of heads at a fixed head dimension, so the attention scale stays 1/sqrt(head_dim).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmhpc.model.mamba import MambaArgs, MambaMixer
+from lmhpc.model.moe import MoE, MoEArgs
+
+LAYER_KINDS = {"A": "attention", "M": "mamba"}
+
+
+@dataclass
+class ModelArgs:
+    """Shape and parametrisation of the model. ``vocab_size: 0`` means "from the tokenizer"."""
+
+    vocab_size: int = 0
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 8
+    n_kv_heads: int = 0  # 0: same as n_heads (no grouping)
+    ffn_hidden: int = 0  # 0: 8/3 * dim rounded up to ffn_multiple_of (SwiGLU convention)
+    ffn_multiple_of: int = 64
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_seq_len: int = 2048
+    tie_embeddings: bool = False
+    layer_pattern: str = "A"  # repeated over layers: A = attention, M = mamba ("MMA" = 2 mamba, 1 attention, ...)
+    init_std: float = 0.02
+    embedding_init_std: float = 0.02  # small-init embeddings: e.g. 1e-4
+    depth_scaled_init: bool = True  # output projections of each residual branch: std / sqrt(2 * n_layers)
+    mup_base_dim: int = 0  # > 0: μP with this as the base width
+    moe: MoEArgs = field(default_factory=MoEArgs)
+    mamba: MambaArgs = field(default_factory=MambaArgs)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        hidden = int(8 * self.dim / 3)
+        return self.ffn_multiple_of * math.ceil(hidden / self.ffn_multiple_of)
+
+    @property
+    def width_mult(self) -> float:
+        """μP width multiplier (1 under the standard parametrisation)."""
+        return self.dim / self.mup_base_dim if self.mup_base_dim else 1.0
+
+    def layer_kind(self, layer: int) -> str:
+        return LAYER_KINDS[self.layer_pattern[layer % len(self.layer_pattern)]]
+
+    def layer_has_moe(self, layer: int) -> bool:
+        return self.moe.num_experts > 0 and layer % self.moe.every == self.moe.every - 1
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm with a learned gain."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (max_seq_len, head_dim // 2)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels of ``x`` (B, T, H, D) by the angles of its positions (T, D/2)."""
+    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    return rotated.type_as(x)
+
+
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None
+) -> torch.Tensor:
+    """Causal grouped-query attention of (B, H, T, D) tensors; ``positions`` unused (tokens in order)."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with rotary position embeddings."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
+        self.attend = causal_attention  # replaced by context parallelism
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                positions: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        bsz, seqlen = q.shape[:2]  # after the projection: under sequence parallel x is sharded
+        q = apply_rope(q.view(bsz, seqlen, -1, self.head_dim), cos, sin)
+        k = apply_rope(k.view(bsz, seqlen, -1, self.head_dim), cos, sin)
+        v = v.view(bsz, seqlen, -1, self.head_dim)
+        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), positions)
+        return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm residual block: a token mixer (attention or Mamba), then an FFN (dense or MoE)."""
+
+    def __init__(self, layer_id: int, args: ModelArgs) -> None:
+        super().__init__()
+        self.layer_id = layer_id
+        self.kind = args.layer_kind(layer_id)
+        self.mixer_norm = RMSNorm(args.dim, args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        if self.kind == "attention":
+            self.attention: nn.Module = Attention(args)
+        else:
+            self.mamba: nn.Module = MambaMixer(args.dim, args.mamba)
+        if args.layer_has_moe(layer_id):
+            self.moe: nn.Module = MoE(args.dim, args.moe.expert_hidden or args.hidden_dim, args.moe, args.vocab_size)
+        else:
+            self.feed_forward: nn.Module = FeedForward(args.dim, args.hidden_dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None,
+                token_ids: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "attention":
+            h = x + self.attention(self.mixer_norm(x), cos, sin, positions)
+        else:
+            h = x + self.mamba(self.mixer_norm(x))
+        if hasattr(self, "moe"):
+            return h + self.moe(self.ffn_norm(h), token_ids)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    """Token ids (B, T) → logits (B, T, vocab). Any of embedding, layers, norm, output may be absent
+    (a pipeline stage holds a slice): then the input is a hidden state and so is the output."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        if args.vocab_size <= 0:
+            raise ValueError("ModelArgs.vocab_size must be set (> 0) before building the model")
+        self.args = args
+        self.tok_embeddings: nn.Module | None = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleDict({str(i): TransformerBlock(i, args) for i in range(args.n_layers)})
+        self.norm: nn.Module | None = RMSNorm(args.dim, args.norm_eps)
+        self.output: nn.Module | None = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Normal init; depth-scaled residual outputs; μP-scaled hidden matrices; unit norm gains."""
+        a = self.args
+        hidden_std = a.init_std / math.sqrt(a.width_mult)
+        out_std = hidden_std / math.sqrt(2 * a.n_layers) if a.depth_scaled_init else hidden_std
+        if self.tok_embeddings is not None:
+            nn.init.normal_(self.tok_embeddings.weight, std=a.embedding_init_std, generator=generator)
+        if self.output is not None and not a.tie_embeddings:
+            nn.init.normal_(self.output.weight, std=a.init_std, generator=generator)
+        for layer in self.layers.values():
+            for name, module in layer.named_modules():
+                if isinstance(module, RMSNorm):
+                    module.reset_parameters()
+                elif isinstance(module, nn.Linear):
+                    std = out_std if name.endswith(("wo", "w2", "out_proj")) else hidden_std
+                    nn.init.normal_(module.weight, std=std, generator=generator)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+            for module in layer.modules():  # MoE experts, Mamba's SSM parameters: after the generic pass
+                if hasattr(module, "init_parameters"):
+                    module.init_parameters(hidden_std, out_std, generator)
+        if self.norm is not None:
+            self.norm.reset_parameters()
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
+                token_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``tokens``: ids (B, T), or hidden states (B, T, dim) in a later pipeline stage.
+        ``positions``: global position of each local token (T,), when the sequence is split."""
+        h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
+        if token_ids is None and self.tok_embeddings is not None:
+            token_ids = tokens
+        seqlen = h.shape[1]
+        if positions is None:
+            cos, sin = self.rope_cos[:seqlen], self.rope_sin[:seqlen]
+        else:
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        for layer in self.layers.values():
+            h = layer(h, cos, sin, positions, token_ids)
+        if self.norm is not None:
+            h = self.norm(h)
+        if self.output is not None:
+            h = self.output(h)
+            if self.args.mup_base_dim:
+                h = h / self.args.width_mult
+        return h
+
+
+def count_params(model: nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward, no recompute), PaLM / torchtitan convention:
+    6 × (matmul parameters a token touches) + 12 × layers × heads × head_dim × seq_len for attention.
+    MoE counts the ``top_k`` experts a token uses; Mamba's scan (O(d_inner·d_state)) is left out."""
+    d, hd = args.dim, args.head_dim
+    dense_ffn = 3 * d * args.hidden_dim
+    matmul = 0.0
+    attention_layers = 0
+    for i in range(args.n_layers):
+        if args.layer_kind(i) == "attention":
+            attention_layers += 1
+            matmul += d * args.n_heads * hd * 2 + d * args.kv_heads * hd * 2
+        else:
+            m = args.mamba
+            inner = m.expand * d
+            matmul += d * 2 * inner + inner * (m.resolved_dt_rank(d) + 2 * m.d_state) + m.resolved_dt_rank(d) * inner
+            matmul += inner * d
+        if args.layer_has_moe(i):
+            k = 1 if args.moe.router == "hash" else args.moe.top_k
+            matmul += k * 3 * d * (args.moe.expert_hidden or args.hidden_dim) + d * args.moe.num_experts
+        else:
+            matmul += dense_ffn
+    matmul += d * args.vocab_size  # output projection (the embedding lookup is free)
+    return 6.0 * matmul + 12.0 * attention_layers * args.n_heads * hd * seq_len
