@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Create (or refresh) the CPU virtual environment .venv from requirements.txt with Python 3.11.
+#
+#   env/setup_cpu.sh            create .venv if missing; reinstall when requirements.txt (or
+#                               pyproject.toml) is newer than the venv's marker; otherwise do nothing
+#   env/setup_cpu.sh --force    reinstall requirements.txt even when the marker is up to date
+#
+# Environment: PYTHON (interpreter to build the venv with; default: python3.11 on PATH, or python3
+# when it is 3.11), LMHPC_VENV (default: <repo>/.venv).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${LMHPC_VENV:-$ROOT/.venv}
+REQ=$ROOT/requirements.txt
+PYPROJECT=$ROOT/pyproject.toml
+MARKER=$VENV/.requirements-installed
+WANT=3.11
+FORCE=0
+
+case "${1:-}" in
+--force) FORCE=1 ;;
+"") ;;
+-h | --help)
+  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  exit 0
+  ;;
+*)
+  echo "usage: $0 [--force]" >&2
+  exit 2
+  ;;
+esac
+
+log() { printf '[setup_cpu] %s\n' "$*" >&2; }
+die() {
+  printf '[setup_cpu] ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+[ -f "$REQ" ] || die "$REQ not found"
+
+py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
+
+find_python() {
+  if [ -n "${PYTHON:-}" ]; then
+    command -v "$PYTHON" >/dev/null 2>&1 || die "PYTHON=$PYTHON is not an executable"
+    local v
+    v=$(py_version "$PYTHON") || die "PYTHON=$PYTHON does not run"
+    [ "$v" = "$WANT" ] || die "PYTHON=$PYTHON is Python $v, not $WANT"
+    printf '%s' "$PYTHON"
+    return
+  fi
+  local c
+  for c in python$WANT python3; do
+    if command -v "$c" >/dev/null 2>&1 && [ "$(py_version "$c")" = "$WANT" ]; then
+      printf '%s' "$c"
+      return
+    fi
+  done
+  die "Python $WANT not found on PATH; install it (e.g. apt-get install python$WANT python$WANT-venv, or pyenv) or set PYTHON=/path/to/python$WANT"
+}
+
+venv_usable() {
+  [ -x "$VENV/bin/python" ] && [ "$(py_version "$VENV/bin/python")" = "$WANT" ] &&
+    "$VENV/bin/python" -m pip --version >/dev/null 2>&1
+}
+
+# One setup at a time per venv (make -j may start several).
+if command -v flock >/dev/null 2>&1; then
+  lock="${TMPDIR:-/tmp}/lmhpc-setup-cpu-$(printf '%s' "$VENV" | cksum | cut -d' ' -f1).lock"
+  exec 9>"$lock"
+  flock -w 1800 9 || die "another env/setup_cpu.sh for $VENV is still running (lock $lock)"
+fi
+
+if ! venv_usable; then
+  if [ -e "$VENV" ]; then
+    [ -f "$VENV/pyvenv.cfg" ] || die "$VENV exists but is not a virtual environment; move it away"
+    log "$VENV is broken or not Python $WANT; recreating it"
+    rm -rf "$VENV"
+  fi
+  python=$(find_python)
+  log "creating $VENV with $python ($(py_version "$python"))"
+  "$python" -m venv "$VENV"
+  rm -f "$MARKER"
+fi
+
+up_to_date() {
+  [ -f "$MARKER" ] && ! [ "$REQ" -nt "$MARKER" ] && ! { [ -f "$PYPROJECT" ] && [ "$PYPROJECT" -nt "$MARKER" ]; }
+}
+
+if [ "$FORCE" = 0 ] && up_to_date; then
+  log "$VENV is up to date with requirements.txt"
+  exit 0
+fi
+
+log "installing requirements.txt into $VENV"
+# requirements.txt installs the project itself with "-e .": relative to the repository root.
+cd "$ROOT"
+"$VENV/bin/python" -m pip install --disable-pip-version-check -r "$REQ"
+"$VENV/bin/python" -m pip check >&2 || log "warning: pip check reports conflicts (see above)"
+# The marker records what was installed; its mtime is compared with requirements.txt next time.
+{
+  echo "# requirements.txt installed by env/setup_cpu.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  cksum <"$REQ"
+} >"$MARKER"
+log "done: activate with 'source $VENV/bin/activate'"
