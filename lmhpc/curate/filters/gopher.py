@@ -1,0 +1,173 @@
+"""Gopher's quality and repetition rules (Rae et al. 2021, table A1), as datatrove applies them.
+
+Both filters share the document's word split; the n-gram rules work on 64-bit hashes of word-id
+n-grams with numpy, and skip the sequential duplicate scan when no n-gram repeats at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lmhpc.curate.filters.base import FilterResult, ScoredFilter, ratio
+from lmhpc.curate.filters.config import GopherQualityConfig, GopherRepetitionConfig
+from lmhpc.curate.filters.text import TextView
+
+
+class GopherQualityFilter(ScoredFilter):
+    """Word count, mean word length, symbol ratios, bullet/ellipsis lines, alphabetic words, stop words."""
+
+    name = "gopher_quality"
+
+    def __init__(self, cfg: GopherQualityConfig, samples_per_reason: int = 0, write_scores: bool = True) -> None:
+        super().__init__(samples_per_reason, write_scores)
+        self.cfg = cfg
+        self.stop_words = frozenset(cfg.stop_words)
+
+    def measure(self, doc: TextView) -> dict[str, Any]:
+        text = doc.text
+        words = doc.words
+        content = doc.content_words
+        n_words = len(words)
+        n_content = len(content)
+        lines = doc.lines
+        n_lines = len(lines) or 1
+        n_alpha = n_content - sum(1 for w in content if not _has_alpha(w))
+        bullets = sum(1 for line in lines if line.lstrip().startswith(("•", "-")))
+        ellipsis_end = sum(1 for line in lines if line.rstrip().endswith(("...", "…")))
+        return {
+            "words": n_content,
+            "mean_word_length": ratio(sum(map(len, content)), n_content),
+            "hash_ratio": ratio(text.count("#"), n_words),
+            "ellipsis_ratio": ratio(text.count("...") + text.count("…"), n_words),
+            "bullet_lines_ratio": bullets / n_lines,
+            "ellipsis_lines_ratio": ellipsis_end / n_lines,
+            "alpha_words_ratio": ratio(n_alpha, n_words),
+            "stop_words": len(self.stop_words.intersection(words)),
+        }
+
+    def decide(self, s: dict[str, Any]) -> FilterResult:
+        c = self.cfg
+        if c.min_doc_words is not None and s["words"] < c.min_doc_words:
+            return False, "short_doc"
+        if c.max_doc_words is not None and s["words"] > c.max_doc_words:
+            return False, "long_doc"
+        if c.min_avg_word_length is not None and s["mean_word_length"] < c.min_avg_word_length:
+            return False, "below_avg_word_length"
+        if c.max_avg_word_length is not None and s["mean_word_length"] > c.max_avg_word_length:
+            return False, "above_avg_word_length"
+        if c.max_symbol_word_ratio is not None and s["hash_ratio"] > c.max_symbol_word_ratio:
+            return False, "too_many_hashes"
+        if c.max_symbol_word_ratio is not None and s["ellipsis_ratio"] > c.max_symbol_word_ratio:
+            return False, "too_many_ellipsis"
+        if c.max_bullet_lines_ratio is not None and s["bullet_lines_ratio"] > c.max_bullet_lines_ratio:
+            return False, "too_many_bullets"
+        if c.max_ellipsis_lines_ratio is not None and s["ellipsis_lines_ratio"] > c.max_ellipsis_lines_ratio:
+            return False, "too_many_end_ellipsis"
+        if c.min_alpha_words_ratio is not None and s["alpha_words_ratio"] < c.min_alpha_words_ratio:
+            return False, "below_alpha_threshold"
+        if c.min_stop_words is not None and s["stop_words"] < c.min_stop_words:
+            return False, "not_enough_stop_words"
+        return True
+
+
+def _has_alpha(word: str) -> bool:
+    return not word.isdigit() and any(c.isalpha() for c in word)
+
+
+class GopherRepetitionFilter(ScoredFilter):
+    """Duplicated lines and paragraphs, the most frequent n-grams, duplicated n-grams."""
+
+    name = "gopher_repetition"
+
+    def __init__(self, cfg: GopherRepetitionConfig, samples_per_reason: int = 0, write_scores: bool = True) -> None:
+        super().__init__(samples_per_reason, write_scores)
+        self.cfg = cfg
+        self.top_n_grams = sorted((int(n), f) for n, f in cfg.top_n_grams.items())
+        self.dup_n_grams = sorted((int(n), f) for n, f in cfg.dup_n_grams.items())
+
+    def measure(self, doc: TextView) -> dict[str, Any]:
+        text = doc.text
+        n_chars = len(text)
+        if not n_chars:
+            return {"chars": 0}
+        paragraphs = doc.paragraphs
+        para_dups, para_dup_chars = duplicates(paragraphs)
+        lines = doc.newline_lines
+        line_dups, line_dup_chars = duplicates(lines)
+        scores: dict[str, Any] = {
+            "chars": n_chars,
+            "dup_para_frac": para_dups / len(paragraphs),
+            "dup_para_char_frac": para_dup_chars / n_chars,
+            "dup_line_frac": line_dups / len(lines),
+            "dup_line_char_frac": line_dup_chars / n_chars,
+        }
+        n_words = len(doc.words)
+        for n, _ in self.top_n_grams:
+            scores[f"top_{n}_gram"] = top_ngram_chars(doc, n) / n_chars if n_words >= n else 0.0
+        for n, _ in self.dup_n_grams:
+            scores[f"dup_{n}_gram"] = duplicated_ngram_chars(doc, n) / n_chars if n_words >= n else 0.0
+        return scores
+
+    def decide(self, s: dict[str, Any]) -> FilterResult:
+        c = self.cfg
+        if not s["chars"]:
+            return False, "empty"
+        if c.dup_para_frac is not None and s["dup_para_frac"] > c.dup_para_frac:
+            return False, "dup_para_frac"
+        if c.dup_para_char_frac is not None and s["dup_para_char_frac"] > c.dup_para_char_frac:
+            return False, "dup_para_char_frac"
+        if c.dup_line_frac is not None and s["dup_line_frac"] > c.dup_line_frac:
+            return False, "dup_line_frac"
+        if c.dup_line_char_frac is not None and s["dup_line_char_frac"] > c.dup_line_char_frac:
+            return False, "dup_line_char_frac"
+        for n, frac in self.top_n_grams:
+            if s[f"top_{n}_gram"] > frac:
+                return False, f"top_{n}_gram"
+        for n, frac in self.dup_n_grams:
+            if s[f"dup_{n}_gram"] > frac:
+                return False, f"duplicated_{n}_n_grams"
+        return True
+
+
+def duplicates(items: list[str]) -> tuple[int, int]:
+    """(number of repeated items, characters in the repeats) — each first occurrence is not a repeat."""
+    unique = set(items)
+    return len(items) - len(unique), sum(map(len, items)) - sum(map(len, unique))
+
+
+def top_ngram_chars(doc: TextView, n: int) -> int:
+    """Characters covered by the most frequent word n-gram (joined by spaces) times its count;
+    among equally frequent n-grams the first to occur counts."""
+    hashes = doc.ngram_hashes(n)
+    _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
+    top = counts.max()
+    start = int(first[counts == top].min())
+    return (int(doc.ngram_char_length(start, n)) + n - 1) * int(top)
+
+
+def duplicated_ngram_chars(doc: TextView, n: int) -> int:
+    """Characters (words joined without spaces) in n-grams that repeat an earlier n-gram, scanning left
+    to right and jumping past each repeat, so overlapping repeats are not counted twice."""
+    hashes = doc.ngram_hashes(n)
+    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+    if len(first) == len(hashes):
+        return 0
+    repeat = first[inverse] != np.arange(len(hashes))
+    start = int(np.argmax(repeat))  # everything before the first repeat is new
+    seen = set(hashes[:start].tolist())
+    values = hashes.tolist()
+    total = len(values)
+    lengths = doc.ngram_char_length(np.arange(total), n).tolist()
+    chars = 0
+    idx = start
+    while idx < total:
+        h = values[idx]
+        if h in seen:
+            chars += lengths[idx]
+            idx += n
+        else:
+            seen.add(h)
+            idx += 1
+    return chars
