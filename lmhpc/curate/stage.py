@@ -1,22 +1,41 @@
-"""The curate stage: read raw collections, quarantine bad records, filter, write shards.
+"""The curate stage: read raw collections, quarantine bad records, filter, select, write shards.
 
 An array stage: each input file is a unit; its output shards are named after the unit's index, so
-the output is identical whatever the number of tasks.
+the output is identical whatever the number of tasks. Per unit it writes
+``data/part-<unit>-<k>.jsonl.zst`` (kept documents, with filter scores in ``metadata.scores``),
+``quarantine/<unit>.jsonl`` (bad records), ``samples/unit-<unit>.jsonl`` (a few dropped documents per
+reason) and, with ``write_dropped``, ``dropped/part-<unit>-<k>.jsonl.zst`` (every dropped document
+with ``metadata.drop_reason``). ``finalize`` merges the samples into ``samples/<reason>.jsonl``,
+writes ``report.txt`` and ``report/domains.tsv`` and prints the per-source, per-reason report.
 """
 
 from __future__ import annotations
 
 import glob
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from lmhpc.context import StageContext
-from lmhpc.curate.config import InputSpec
+from lmhpc.curate.config import CurateConfig, InputSpec
+from lmhpc.curate.filters.chain import ChainSet
+from lmhpc.curate.filters.domain import url_host
+from lmhpc.curate.report import domain_table, format_report
+from lmhpc.curate.selection import Selector
+from lmhpc.data.documents import Document
 from lmhpc.data.quarantine import Quarantine
 from lmhpc.data.readers import read_documents
 from lmhpc.data.writers import ShardWriter
+from lmhpc.fsutil import atomic_open, write_text
+from lmhpc.launch.preempt import Preempted
 from lmhpc.runner import StageFailed
+
+DATA_DIR = "data"
+DROPPED_DIR = "dropped"
+SAMPLES_DIR = "samples"
+STOP_CHECK_EVERY = 256  # documents between checks of the preemption flag
 
 
 def input_files(ctx: StageContext) -> list[tuple[Path, int]]:
@@ -33,6 +52,7 @@ def input_files(ctx: StageContext) -> list[tuple[Path, int]]:
 
 
 def units(ctx: StageContext) -> list[str]:
+    """One unit per input file: ``"<spec index>:<path>"``."""
     return [f"{i}:{p}" for p, i in input_files(ctx)]
 
 
@@ -41,46 +61,180 @@ def _parse_unit(ctx: StageContext, unit: str) -> tuple[InputSpec, Path]:
     return ctx.cfg.curate.inputs[int(i)], Path(path)
 
 
+def _clear_unit_outputs(ctx: StageContext, index: int) -> None:
+    """Remove what an earlier, interrupted attempt at this unit left (shards and temporary files)."""
+    patterns = {
+        DATA_DIR: (f"part-{index:05d}-*", f".part-{index:05d}-*"),
+        DROPPED_DIR: (f"part-{index:05d}-*", f".part-{index:05d}-*"),
+        "quarantine": (f".{index:05d}.jsonl.*",),
+        SAMPLES_DIR: (f".unit-{index:05d}.jsonl.*",),
+    }
+    for folder, globs in patterns.items():
+        for pattern in globs:
+            for p in (ctx.stage_dir / folder).glob(pattern):
+                p.unlink()
+
+
+class SubsetCounts:
+    """In/kept/quarantined/dropped counts of one subset (a source or a domain)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, dict[str, Any]] = {}
+
+    def get(self, key: str) -> dict[str, Any]:
+        sub = self.counts.get(key)
+        if sub is None:
+            sub = self.counts[key] = {"docs_in": 0, "docs_out": 0, "quarantined": 0, "dropped": {}}
+        return sub
+
+    def record(self, key: str, reason: str | None, chain: str) -> None:
+        sub = self.get(key)
+        sub["docs_in"] += 1
+        sub.setdefault("chain", chain)
+        if reason is None:
+            sub["docs_out"] += 1
+        else:
+            sub["dropped"][reason] = sub["dropped"].get(reason, 0) + 1
+
+
 def process_unit(ctx: StageContext, index: int, unit: str) -> dict[str, Any]:
-    cfg = ctx.cfg.curate
+    """Read one input file, filter and select its documents, write the kept ones; return its stats."""
+    cfg: CurateConfig = ctx.cfg.curate
     spec, path = _parse_unit(ctx, unit)
-    out_dir = ctx.stage_dir / "data"
+    _clear_unit_outputs(ctx, index)
+    chains = ChainSet(cfg.filters, Path(ctx.cfg.base_dir), cfg.samples_per_reason, cfg.write_scores)
+    selector = Selector(cfg.selection, ctx.cfg.run.seed)
     quarantine = Quarantine(ctx.stage_dir / "quarantine" / f"{index:05d}.jsonl")
-    writer = ShardWriter(out_dir, f"part-{index:05d}", max_bytes=int(cfg.shard_max_mb * 2**20))
-    docs_in = docs_out = 0
-    per_source: dict[str, dict[str, int]] = {}
-    last_report = time.time()
-    with quarantine, writer:
+    max_bytes = int(cfg.shard_max_mb * 2**20)
+    writer = ShardWriter(ctx.stage_dir / DATA_DIR, f"part-{index:05d}", max_bytes=max_bytes)
+    dropped_writer = ShardWriter(ctx.stage_dir / DROPPED_DIR, f"part-{index:05d}", max_bytes=max_bytes)
+    sources, domains = SubsetCounts(), SubsetCounts()
+    selection_samples: dict[str, list[dict[str, Any]]] = {}
+    dropped: dict[str, int] = {}
+    docs_read = 0
+    started = last_report = time.time()
+    progress = _progress_bar(index, path)
+    with quarantine, writer, dropped_writer:
         for doc in read_documents(path, spec, quarantine, max_doc_bytes=cfg.max_doc_bytes,
                                   default_source=path.parent.name):
-            docs_in += 1
-            src = per_source.setdefault(doc.source, {"docs_in": 0, "docs_out": 0})
-            src["docs_in"] += 1
-            writer.write(doc)
-            docs_out += 1
-            src["docs_out"] += 1
-            if time.time() - last_report > cfg.progress_every_s:
-                ctx.log.info("unit %d: %d docs read, %d kept", index, docs_in, docs_out)
+            docs_read += 1
+            if docs_read % STOP_CHECK_EVERY == 0 and ctx.should_stop():
+                raise Preempted(f"stopping inside unit {index} ({path}); it is redone on restart")
+            label, chain = chains.chain_for(doc)
+            reason = chain(doc)
+            if reason is None:
+                reason = selector.select(doc, spec.weight)
+                if reason is not None and len(selection_samples.setdefault(reason, [])) < cfg.samples_per_reason:
+                    selection_samples[reason].append(_sample(doc, reason))
+            chain_names = ">".join(chain.names)
+            sources.record(doc.source, reason, chain_names)
+            host = url_host(doc.url)
+            if host:
+                domains.record(host, reason, chain_names)
+            if reason is None:
+                writer.write(doc)
+            else:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                if cfg.write_dropped:
+                    doc.metadata["drop_reason"] = reason
+                    dropped_writer.write(doc)
+            if progress is not None:
+                progress.update(1)
+            elif time.time() - last_report > cfg.progress_every_s:
+                ctx.log.info("unit %d: %d docs read, %d kept, %d dropped, %d quarantined (%.0f docs/s)", index,
+                             docs_read, writer.docs_written, sum(dropped.values()), quarantine.total,
+                             docs_read / max(time.time() - started, 1e-9))
                 last_report = time.time()
-    bad = quarantine.total
+    if progress is not None:
+        progress.close()
+    bad_source = spec.source or path.parent.name
+    if quarantine.total:
+        sub = sources.get(bad_source)
+        sub["docs_in"] += quarantine.total
+        sub["quarantined"] += quarantine.total
+        sub["quarantine_reasons"] = dict(quarantine.counts)
+    samples = chains.samples()
+    for reason, docs in selection_samples.items():
+        samples.setdefault(reason, []).extend(docs)
+    _write_samples(ctx.stage_dir / SAMPLES_DIR / f"unit-{index:05d}.jsonl", samples, cfg.samples_per_reason)
     return {
-        "docs_in": docs_in + bad,
-        "docs_out": docs_out,
-        "quarantined": bad,
+        "docs_in": docs_read + quarantine.total,
+        "docs_out": writer.docs_written,
+        "quarantined": quarantine.total,
         "quarantine_reasons": dict(quarantine.counts),
-        "dropped": {},
+        "dropped": dropped,
         "bytes_out": writer.bytes_written,
         "shards": len(writer.close()),
-        "per_source": per_source,
+        "dropped_shards": len(dropped_writer.close()),
+        "filters": chains.stats(),
+        "per_source": sources.counts,
+        "per_domain": domains.counts,
+        "filter_seconds": round(sum(f["seconds"] for f in chains.stats().values()), 3),
     }
 
 
+def _sample(doc: Document, reason: str) -> dict[str, Any]:
+    from lmhpc.curate.filters.base import SAMPLE_TEXT_CHARS
+
+    return {"id": doc.id, "source": doc.source, "url": doc.url, "reason": reason,
+            "text": doc.text[:SAMPLE_TEXT_CHARS], "text_chars": len(doc.text),
+            "scores": doc.metadata.get("scores", {})}
+
+
+def _write_samples(path: Path, samples: dict[str, list[dict[str, Any]]], per_reason: int) -> None:
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        for reason in sorted(samples):
+            for sample in samples[reason][:per_reason]:
+                fh.write(json.dumps(sample, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def _progress_bar(index: int, path: Path) -> Any:
+    """A tqdm bar on an interactive terminal (the local executor); None in batch logs."""
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(desc=f"curate unit {index} ({path.name})", unit="doc", leave=False, mininterval=1.0)
+
+
+def merge_samples(ctx: StageContext, n_units: int, per_reason: int) -> dict[str, int]:
+    """``samples/<reason>.jsonl`` with the first ``per_reason`` drops of each reason in unit order."""
+    by_reason: dict[str, list[str]] = {}
+    folder = ctx.stage_dir / SAMPLES_DIR
+    for index in range(n_units):
+        path = folder / f"unit-{index:05d}.jsonl"
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            reason = json.loads(line)["reason"]
+            kept = by_reason.setdefault(reason, [])
+            if len(kept) < per_reason:
+                kept.append(line)
+    for reason, lines in by_reason.items():
+        name = reason.replace("/", "__")
+        write_text(folder / f"{name}.jsonl", "\n".join(lines) + "\n", fsync=False)
+    return {reason: len(lines) for reason, lines in sorted(by_reason.items())}
+
+
 def finalize(ctx: StageContext, stats: dict[str, Any]) -> dict[str, Any]:
-    limit = ctx.cfg.curate.max_bad_fraction
+    """Check the bad-input limit, merge drop samples, write and print the report."""
+    cfg: CurateConfig = ctx.cfg.curate
+    limit = cfg.max_bad_fraction
     if stats["docs_in"] and stats["quarantined"] / stats["docs_in"] > limit:
         raise StageFailed(
             f"curate: {stats['quarantined']} of {stats['docs_in']} records are bad "
             f"({stats['quarantine_reasons']}), more than curate.max_bad_fraction={limit}; "
             f"see {ctx.stage_dir / 'quarantine'}"
         )
+    stats["samples"] = merge_samples(ctx, stats.get("units", 0), cfg.samples_per_reason)
+    report = format_report(stats, cfg.report_top_domains)
+    write_text(ctx.stage_dir / "report.txt", report + "\n", fsync=False)
+    write_text(ctx.stage_dir / "report" / "domains.tsv", domain_table(stats), fsync=False)
+    print(report, flush=True)
+    domains = stats.pop("per_domain", {})
+    top = sorted(domains.items(), key=lambda kv: (-kv[1].get("docs_in", 0), kv[0]))[: cfg.report_top_domains]
+    stats["per_domain_top"] = dict(top)
+    stats["domains"] = len(domains)
     return stats
