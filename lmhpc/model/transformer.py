@@ -131,8 +131,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 positions: torch.Tensor | None) -> torch.Tensor:
+        """``cos``/``sin``: the whole rotary tables; ``positions``: global positions of the local tokens."""
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
         bsz, seqlen = q.shape[:2]  # after the projection: under sequence parallel x is sharded
+        cos, sin = (cos[:seqlen], sin[:seqlen]) if positions is None else (cos[positions], sin[positions])
         q = apply_rope(q.view(bsz, seqlen, -1, self.head_dim), cos, sin)
         k = apply_rope(k.view(bsz, seqlen, -1, self.head_dim), cos, sin)
         v = v.view(bsz, seqlen, -1, self.head_dim)
@@ -233,13 +235,8 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         if token_ids is None and self.tok_embeddings is not None:
             token_ids = tokens
-        seqlen = h.shape[1]
-        if positions is None:
-            cos, sin = self.rope_cos[:seqlen], self.rope_sin[:seqlen]
-        else:
-            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         for layer in self.layers.values():
-            h = layer(h, cos, sin, positions, token_ids)
+            h = layer(h, self.rope_cos, self.rope_sin, positions, token_ids)
         if self.norm is not None:
             h = self.norm(h)
         if self.output is not None:

@@ -1,0 +1,334 @@
+"""4D parallelism for the plain model of :mod:`lmhpc.model.transformer`, applied from the outside.
+
+The device mesh has the dimensions ``pp × dp_replicate × dp_shard × cp × tp`` (those of size 1 are
+left out). In torchtitan's order: pipeline stages are cut first (each a copy of the model with the
+other stages' layers deleted, so parameter names stay global); then, on each stage, tensor and
+sequence parallel → context parallel → float8 → activation checkpointing → ``torch.compile`` per
+block → FSDP2 over ``dp_shard × cp`` (HSDP with ``dp_replicate``) or DDP over ``dp_replicate``.
+
+Context parallel is the all-gather-KV scheme of Llama 3: each rank holds two of ``2 × cp`` sequence
+chunks (chunk ``r`` and chunk ``2cp-1-r``, so causal work is balanced), gathers every rank's keys
+and values, and attends its queries to them under a causal mask built from global positions. It
+uses plain collectives, so it runs on gloo (CPU) as on NCCL.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from lmhpc.model.transformer import Attention, Transformer
+from lmhpc.train.config import ParallelConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+
+MESH_DIMS = ("pp", "dp_replicate", "dp_shard", "cp", "tp")
+
+
+@dataclass
+class ParallelDims:
+    """Where this rank sits in the mesh, and the groups each kind of parallelism talks over."""
+
+    cfg: ParallelConfig  # resolved (dp_shard known)
+    rank: int = 0
+    world_size: int = 1
+    device_type: str = "cpu"
+    mesh: object | None = None  # DeviceMesh over the dims of size > 1
+    coords: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, cfg: ParallelConfig, world_size: int, rank: int, device_type: str) -> ParallelDims:
+        resolved = cfg.resolved(world_size)
+        dims = cls(cfg=resolved, rank=rank, world_size=world_size, device_type=device_type)
+        sizes = {name: getattr(resolved, name) for name in MESH_DIMS}
+        present = [n for n in MESH_DIMS if sizes[n] > 1]
+        if present:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(device_type, tuple(sizes[n] for n in present), mesh_dim_names=tuple(present))
+            dims.mesh = mesh
+            dims.coords = {n: mesh.get_local_rank(n) for n in present}
+            dims._flat: dict[str, object] = {}
+        return dims
+
+    def size(self, name: str) -> int:
+        return getattr(self.cfg, name)
+
+    def coord(self, name: str) -> int:
+        return self.coords.get(name, 0)
+
+    def submesh(self, names: tuple[str, ...], flat_name: str | None = None):
+        """The mesh over ``names`` (size-1 dims dropped), flattened to 1-D when ``flat_name`` is given."""
+        present = tuple(n for n in names if self.size(n) > 1)
+        if not present or self.mesh is None:
+            return None
+        if len(present) == 1:
+            return self.mesh[present[0]]
+        sub = self.mesh[present]
+        if flat_name is None:
+            return sub
+        if flat_name not in self._flat:
+            self._flat[flat_name] = sub._flatten(flat_name)
+        return self._flat[flat_name]
+
+    def group(self, names: tuple[str, ...], flat_name: str):
+        mesh = self.submesh(names, flat_name)
+        return None if mesh is None else mesh.get_group()
+
+    # the roles of this rank -------------------------------------------------------------------
+    @property
+    def dp_rank(self) -> int:
+        """Index of this rank's data slice (its data-parallel coordinate)."""
+        return self.coord("dp_replicate") * self.size("dp_shard") + self.coord("dp_shard")
+
+    @property
+    def grad_average_size(self) -> int:
+        """How many ranks' gradients are averaged (data parallel × context parallel)."""
+        return self.size("dp_replicate") * self.size("dp_shard") * self.size("cp")
+
+    @property
+    def pp_rank(self) -> int:
+        return self.coord("pp")
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.size("pp") - 1
+
+    @property
+    def counts_tokens(self) -> bool:
+        """One rank per (dp, cp) slice counts its loss tokens: the first pipeline stage, tp rank 0."""
+        return self.coord("pp") == 0 and self.coord("tp") == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# context parallel
+
+
+def load_balanced_chunks(seq_len: int, cp: int, cp_rank: int) -> torch.Tensor:
+    """Positions held by ``cp_rank``: chunks ``r`` and ``2cp-1-r`` of ``2cp`` equal chunks."""
+    chunks = torch.arange(seq_len).chunk(2 * cp)
+    return torch.cat([chunks[cp_rank], chunks[2 * cp - 1 - cp_rank]])
+
+
+class _GatherSequence(torch.autograd.Function):
+    """All-gather along dim 2 (B, H, T, D); backward sums the gradients of every rank and keeps this rank's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        ctx.rank = dist.get_rank(group)
+        ctx.local = x.shape[2]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, x.contiguous(), group=group)
+        return torch.cat(parts, dim=2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[:, :, ctx.rank * ctx.local:(ctx.rank + 1) * ctx.local].contiguous(), None
+
+
+class AllGatherKVAttention:
+    """Causal attention of this rank's queries to the keys/values of the whole sequence."""
+
+    def __init__(self, group, cp: int, seq_len: int) -> None:
+        self.group = group
+        self.all_positions = torch.cat([load_balanced_chunks(seq_len, cp, r) for r in range(cp)])
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 positions: torch.Tensor | None) -> torch.Tensor:
+        if positions is None:
+            raise RuntimeError("context parallel attention needs the positions of the local tokens")
+        k_all = _GatherSequence.apply(k, self.group)
+        v_all = _GatherSequence.apply(v, self.group)
+        mask = positions.to(q.device)[:, None] >= self.all_positions.to(q.device)[None, :]
+        return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def apply_context_parallel(model: nn.Module, dims: ParallelDims, seq_len: int) -> None:
+    group = dims.group(("cp",), "cp")
+    attend = AllGatherKVAttention(group, dims.size("cp"), seq_len)
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.attend = attend
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor / sequence parallel
+
+
+def apply_tensor_parallel(model: Transformer, tp_mesh, sequence_parallel: bool) -> None:
+    """Megatron-style column/row splits of attention and FFN; norms and embeddings sequence-parallel."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+        parallelize_module,
+    )
+
+    seq = Shard(1) if sequence_parallel else Replicate()
+    root_plan = {}
+    if model.tok_embeddings is not None:
+        root_plan["tok_embeddings"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=seq)
+    if model.norm is not None and sequence_parallel:
+        root_plan["norm"] = SequenceParallel()
+    if model.output is not None:
+        root_plan["output"] = ColwiseParallel(input_layouts=seq, output_layouts=Replicate())
+    if root_plan:
+        parallelize_module(model, tp_mesh, root_plan)
+    for block in model.layers.values():
+        plan = {
+            "attention.wq": ColwiseParallel(),
+            "attention.wk": ColwiseParallel(),
+            "attention.wv": ColwiseParallel(),
+            "attention.wo": RowwiseParallel(output_layouts=seq),
+            "feed_forward.w1": ColwiseParallel(),
+            "feed_forward.w3": ColwiseParallel(),
+            "feed_forward.w2": RowwiseParallel(output_layouts=seq),
+        }
+        if sequence_parallel:
+            plan.update({
+                "mixer_norm": SequenceParallel(),
+                "ffn_norm": SequenceParallel(),
+                "attention": PrepareModuleInput(input_layouts=(Shard(1), None, None, None),
+                                                desired_input_layouts=(Replicate(), None, None, None)),
+                "feed_forward": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+            })
+        parallelize_module(block, tp_mesh, plan)
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline
+
+
+def stage_ids(dims: ParallelDims) -> list[int]:
+    """Pipeline stage indices of this rank: ``pp_rank + i × pp`` (looped placement)."""
+    pp, v = dims.size("pp"), dims.cfg.pp_stages_per_rank
+    return [dims.pp_rank + i * pp for i in range(v)]
+
+
+def layers_of_stage(n_layers: int, num_stages: int, stage: int) -> list[int]:
+    """Contiguous, as even as possible; earlier stages take the remainder."""
+    base, extra = divmod(n_layers, num_stages)
+    start = stage * base + min(stage, extra)
+    return list(range(start, start + base + (1 if stage < extra else 0)))
+
+
+def cut_stage(model: Transformer, num_stages: int, stage: int) -> Transformer:
+    """A copy of ``model`` holding one pipeline stage: its layers, plus the embedding (first) and
+    the final norm and output (last)."""
+    part = copy.deepcopy(model)
+    keep = {str(i) for i in layers_of_stage(model.args.n_layers, num_stages, stage)}
+    for name in list(part.layers.keys()):
+        if name not in keep:
+            del part.layers[name]
+    if stage != 0:
+        part.tok_embeddings = None
+    if stage != num_stages - 1:
+        part.norm = None
+        part.output = None
+    return part
+
+
+# ---------------------------------------------------------------------------------------------
+# float8, activation checkpointing, compile, data parallel
+
+
+def apply_float8(model: nn.Module, train: TrainConfig, device_type: str) -> None:
+    """torchao float8 training on the linear layers (not the output layer nor MoE routers)."""
+    if not train.fp8_emulate:
+        if device_type != "cuda" or not torch.cuda.is_available():
+            raise RuntimeError(f"FP8 training needs a CUDA GPU with compute capability >= 8.9; this run is on "
+                               f"{device_type}. Set pretrain.train.fp8_emulate=true to emulate it (slow; for tests).")
+        cap = torch.cuda.get_device_capability()
+        if cap < (8, 9):
+            raise RuntimeError(f"FP8 training needs compute capability >= 8.9 (Ada/Hopper or newer); "
+                               f"{torch.cuda.get_device_name()} has {cap[0]}.{cap[1]}")
+    try:
+        from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    except ImportError as e:  # pragma: no cover - torchao is in requirements
+        raise RuntimeError("FP8 training needs torchao (pip install torchao)") from e
+    import dataclasses
+
+    config = Float8LinearConfig.from_recipe_name(train.fp8_recipe)
+    config = dataclasses.replace(config, emulate=train.fp8_emulate)
+
+    def keep_high_precision(module: nn.Module, fqn: str) -> bool:
+        if not isinstance(module, nn.Linear):
+            return False
+        small = module.in_features % 16 or module.out_features % 16
+        return not (fqn.endswith(("output", "gate")) or small)
+
+    convert_to_float8_training(model, config=config, module_filter_fn=keep_high_precision)
+
+
+def apply_activation_checkpointing(model: Transformer) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for name, block in list(model.layers.items()):
+        model.layers[name] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: Transformer) -> None:
+    for name, block in list(model.layers.items()):
+        model.layers[name] = torch.compile(block, fullgraph=True)
+
+
+def apply_fsdp(model: Transformer, mesh, param_dtype: torch.dtype | None, reshard_after_forward: bool) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.layers.values():
+        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    tail = [m for m in (model.norm, model.output) if m is not None]
+    if tail and not model.args.tie_embeddings:
+        fully_shard(tail, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+
+
+def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, device: torch.device) -> nn.Module:
+    """Apply TP/SP → CP → float8 → AC → compile → FSDP2/HSDP or DDP to one model (or stage)."""
+    cfg = dims.cfg
+    model.to(device)
+    if cfg.tp > 1:
+        apply_tensor_parallel(model, dims.submesh(("tp",)), cfg.sequence_parallel)
+    if cfg.cp > 1:
+        apply_context_parallel(model, dims, train.seq_len)
+    if train.fp8:
+        apply_float8(model, train, device.type)
+    if train.activation_checkpointing == "full":
+        apply_activation_checkpointing(model)
+    if train.compile:
+        apply_compile(model)
+    if cfg.dp_shard > 1 or cfg.cp > 1:
+        shard = dims.submesh(("dp_shard", "cp"), "dp_shard_cp")
+        if cfg.dp_replicate > 1:
+            names = ("dp_replicate", "dp_shard_cp") if cfg.dp_shard > 1 and cfg.cp > 1 else \
+                tuple(n for n in ("dp_replicate", "dp_shard", "cp") if dims.size(n) > 1)
+            mesh = dims.mesh[names]
+        else:
+            mesh = shard
+        param_dtype = torch.bfloat16 if train.precision == "bf16" else None
+        apply_fsdp(model, mesh, param_dtype, reshard_after_forward=cfg.pp == 1)
+        return model
+    if cfg.dp_replicate > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        group = dims.group(("dp_replicate",), "dp_replicate")
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, process_group=group, device_ids=ids)
+    return model
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The model inside a DDP wrapper."""
+    return module.module if hasattr(module, "module") and not isinstance(module, Transformer) else module

@@ -1,0 +1,258 @@
+"""The pretrain stage (torch-native backend): a "torch" stage of N processes.
+
+The launcher (torchrun locally, one SLURM task per process with submitit's
+``TorchDistributedEnvironment``) sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT;
+this module joins the process group (gloo on CPU, NCCL on GPU), builds the mesh, the model, its
+parallel layout, optimizer and data, resumes from the newest complete checkpoint, and trains.
+
+At every step boundary the ranks agree on the preemption flag; if any rank got the signal, all
+save one synchronous checkpoint and raise :class:`~lmhpc.launch.preempt.Preempted` (the runner
+requeues the job). The requeued job resumes where it stopped, with the same loss curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from lmhpc.context import StageContext
+from lmhpc.launch.preempt import Preempted
+from lmhpc.model.transformer import ModelArgs, Transformer, count_params, flops_per_token
+from lmhpc.train.checkpoint import CheckpointManager, latest_step
+from lmhpc.train.config import PretrainConfig
+from lmhpc.train.data import BLEND_FILE, GlobalBatches, TokenIds, read_blend, tokenizer_vocab
+from lmhpc.train.loop import Trainer
+from lmhpc.train.metrics import MetricsFile, device_peak_flops, memory_stats, throughput
+from lmhpc.train.optim import build_optimizer, lr_at, set_lr
+from lmhpc.train.parallel import ParallelDims, cut_stage, parallelize, stage_ids
+
+log = logging.getLogger("lmhpc.pretrain")
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    """``auto``: this rank's GPU where CUDA is available, else the CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("pretrain.train.device=cuda but CUDA is not available on this machine")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
+    return torch.device("cpu")
+
+
+def init_distributed(rank: int, world_size: int, device: torch.device) -> bool:
+    """Join (or create) the default process group; returns True if this call created it."""
+    if dist.is_initialized():
+        return False
+    timeout = timedelta(minutes=int(os.environ.get("LMHPC_DIST_TIMEOUT_MIN", "30")))
+    if world_size == 1:
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
+    else:
+        backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
+    return True
+
+
+def resolve_data(ctx: StageContext, cfg: PretrainConfig) -> tuple[list[str], list[float] | None]:
+    if cfg.data.prefixes:
+        return [str(ctx.cfg.path(p)) for p in cfg.data.prefixes], list(cfg.data.weights) or None
+    return read_blend(ctx.stage_output("tokenize") / BLEND_FILE)
+
+
+def resolve_vocab(ctx: StageContext, cfg: PretrainConfig) -> tuple[int, int]:
+    """(padded vocabulary size, end-of-document id)."""
+    vocab, eod = cfg.model.vocab_size, cfg.data.eod_id
+    if not vocab or eod < 0:
+        path = ctx.cfg.path(cfg.data.tokenizer) if cfg.data.tokenizer else \
+            ctx.stage_output("tokenizer") / "tokenizer.model"
+        sp_vocab, sp_eod = tokenizer_vocab(path)
+        vocab = vocab or sp_vocab
+        eod = eod if eod >= 0 else sp_eod
+    multiple = cfg.train.vocab_multiple_of
+    return -(-vocab // multiple) * multiple, eod
+
+
+def build_pipeline(parts: list[torch.nn.Module], ids: list[int], dims: ParallelDims, device: torch.device,
+                   trainer_loss, n_micro: int, schedule_name: str):
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
+
+    num_stages = dims.size("pp") * dims.cfg.pp_stages_per_rank
+    group = dims.group(("pp",), "pp")
+    stages = [PipelineStage(part, sid, num_stages, device, group=group) for part, sid in zip(parts, ids)]
+    if schedule_name == "interleaved_1f1b":
+        return ScheduleInterleaved1F1B(stages, n_micro, loss_fn=trainer_loss, scale_grads=False)
+    cls = Schedule1F1B if schedule_name == "1f1b" else ScheduleGPipe
+    return cls(stages[0], n_micro, loss_fn=trainer_loss, scale_grads=False)
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    """Train; returns the stage's stats."""
+    cfg = ctx.cfg.pretrain
+    device = pick_device(cfg.train.device, ctx.local_rank)
+    created = init_distributed(ctx.rank, ctx.world_size, device)
+    try:
+        return train(ctx, cfg, device)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[str, Any]:
+    t_start = time.time()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seed = cfg.train.seed if cfg.train.seed >= 0 else ctx.cfg.run.seed
+    dims = ParallelDims.build(cfg.parallel, world, rank, device.type)
+    vocab, eod = resolve_vocab(ctx, cfg)
+    if vocab % dims.size("tp"):
+        raise ValueError(f"padded vocabulary {vocab} is not divisible by tp={dims.size('tp')}")
+    args: ModelArgs = dataclasses.replace(cfg.model, vocab_size=vocab)
+    prefixes, weights = resolve_data(ctx, cfg)
+    global_batch = cfg.global_batch(dims.cfg.dp)
+    data = GlobalBatches(prefixes, weights, cfg.train.seq_len, global_batch,
+                         num_samples=cfg.train.steps * global_batch, seed=seed,
+                         cache_dir=ctx.stage_dir / "data_cache", token_ids=TokenIds(vocab, eod))
+
+    torch.manual_seed(seed)
+    model = Transformer(args)  # whole model, same init on every rank, whatever the layout
+    n_params = count_params(model)
+    fpt = flops_per_token(args, cfg.train.seq_len)
+    if dims.size("pp") > 1:
+        ids = stage_ids(dims)
+        num_stages = dims.size("pp") * dims.cfg.pp_stages_per_rank
+        parts = [cut_stage(model, num_stages, i) for i in ids]
+        del model
+    else:
+        ids, num_stages, parts = [0], 1, [model]
+    parts = [parallelize(p, dims, cfg.train, device) for p in parts]
+    optimizers = [build_optimizer(p, args, cfg.optimizer) for p in parts]
+    trainer = Trainer(cfg, dims, parts, optimizers, data, device)
+    if dims.size("pp") > 1:
+        trainer.schedule = build_pipeline(parts, ids, dims, device, trainer.loss_fn, dims.cfg.microbatches,
+                                          dims.cfg.pp_schedule)
+        trainer.has_first, trainer.has_last = 0 in ids, num_stages - 1 in ids
+
+    ckpt_dir = ctx.stage_dir / "checkpoints"
+    ckpt = CheckpointManager(ckpt_dir, parts, optimizers, cfg.checkpoint.keep_last, cfg.checkpoint.async_save)
+    resume = [latest_step(ckpt_dir) if rank == 0 else None]
+    dist.broadcast_object_list(resume, src=0)
+    step = data_step = 0
+    if resume[0] is not None:
+        state = ckpt.load(resume[0])
+        step, data_step = int(state["step"]), int(state["data_step"])
+        trainer.guard.restore(state.get("spike_guard", {}))
+    start_step = step
+    last_saved = step if resume[0] is not None else -1
+
+    def train_state() -> dict[str, Any]:
+        return {"step": step, "data_step": data_step, "spike_guard": trainer.guard.state(),
+                "world_size": world, "seed": seed, "global_batch": global_batch}
+
+    metrics_file = MetricsFile(ctx.stage_dir / METRICS_FILE, step) if rank == 0 else None
+    peak = device_peak_flops(device, cfg.metrics.peak_tflops)
+    tokens_per_step = global_batch * cfg.train.seq_len
+    log.info("pretrain: %s params, %.3g FLOPs/token, mesh %s, global batch %d × %d tokens, steps %d→%d on %s",
+             f"{n_params:,}", fpt, _mesh_text(dims), global_batch, cfg.train.seq_len, step, cfg.train.steps, device)
+    train_seconds, timed_steps, timed_tokens = 0.0, 0, 0
+    last: dict[str, Any] = {}
+    try:
+        while step < cfg.train.steps:
+            if ctx.agree_stop():
+                ckpt.finish_pending()
+                if last_saved != step:
+                    ckpt.save(step, train_state(), synchronous=True)
+                raise Preempted(f"preemption signal: checkpoint at step {step} saved")
+            lr = lr_at(step, cfg.train.steps, cfg.optimizer)
+            set_lr(optimizers, lr)
+            t0 = time.perf_counter()
+            outcome = trainer.train_step(step, data_step)
+            seconds = time.perf_counter() - t0
+            data_step += 1
+            if outcome.rollback:
+                back = _rollback(ckpt, ckpt_dir, rank)
+                log.warning("rolled back from step %d to checkpoint step %d; data continues at batch %d",
+                            step, back, data_step)
+                step = last_saved = back
+                if metrics_file is not None:
+                    metrics_file.close()
+                    metrics_file = MetricsFile(ctx.stage_dir / METRICS_FILE, step)
+                continue
+            step += 1
+            if step > start_step + 1:  # the first step of an attempt pays for warm-up
+                train_seconds += seconds
+                timed_steps += 1
+                timed_tokens += tokens_per_step
+            if step % cfg.metrics.log_every == 0 or step == cfg.train.steps:
+                last = {"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
+                        "update_applied": outcome.applied, "loss_tokens": outcome.loss_tokens,
+                        "data_step": data_step, "step_seconds": seconds,
+                        **throughput(tokens_per_step, seconds, world, fpt, peak)}
+                moe = trainer.moe_stats()
+                if moe:
+                    last["moe"] = moe
+                if rank == 0:
+                    metrics_file.write(last)
+                    ctx.tracker.log({**last, "memory": memory_stats(device)}, step=step)
+            if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < cfg.train.steps:
+                ckpt.save(step, train_state())
+                last_saved = step
+        ckpt.finish_pending()
+        if cfg.checkpoint.save_final and last_saved != step:
+            ckpt.save(step, train_state(), synchronous=True)
+            last_saved = step
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+
+    steady = throughput(timed_tokens, train_seconds, world, fpt, peak) if timed_steps else {}
+    return {
+        "steps": step,
+        "resumed_from_step": start_step if start_step else None,
+        "final_loss": last.get("loss"),
+        "final_lr": last.get("lr"),
+        "params": n_params,
+        "flops_per_token": fpt,
+        "tokens_trained": step * tokens_per_step,
+        "global_batch_sequences": global_batch,
+        "seq_len": cfg.train.seq_len,
+        "world_size": world,
+        "mesh": _mesh_text(dims),
+        "device": str(device),
+        "precision": cfg.train.precision + ("+fp8" + ("-emulated" if cfg.train.fp8_emulate else "") if cfg.train.fp8
+                                             else ""),
+        "steady_tokens_per_s": steady.get("tokens_per_s"),
+        "steady_tokens_per_s_per_device": steady.get("tokens_per_s_per_device"),
+        "steady_tflops_per_device": steady.get("tflops_per_device"),
+        "mfu_pct": steady.get("mfu_pct"),
+        "spikes_skipped": trainer.guard.skipped,
+        "rollbacks": trainer.guard.rollbacks,
+        "checkpoints_saved": ckpt.saves,
+        "checkpoint_seconds": round(ckpt.save_seconds, 3),
+        "last_checkpoint": str(ckpt_dir / f"step-{last_saved}") if last_saved >= 0 else None,
+        "attempt_seconds": round(time.time() - t_start, 3),
+        "memory": memory_stats(device),
+    }
+
+
+def _rollback(ckpt: CheckpointManager, folder: Path, rank: int) -> int:
+    ckpt.finish_pending()
+    target = [latest_step(folder) if rank == 0 else None]
+    dist.broadcast_object_list(target, src=0)
+    if target[0] is None:
+        raise RuntimeError("loss spike with policy 'rollback' but there is no checkpoint to roll back to")
+    ckpt.load(target[0])
+    return int(target[0])
+
+
+def _mesh_text(dims: ParallelDims) -> str:
+    c = dims.cfg
+    return f"pp{c.pp}×dp_replicate{c.dp_replicate}×dp_shard{c.dp_shard}×cp{c.cp}×tp{c.tp}"
