@@ -46,7 +46,9 @@ class TokenizerConfig:
     sample_mix: MixMode = "weights"  # weights: each source gets its weight's share; natural: size x weight
     source_weights: dict[str, float] = field(default_factory=dict)  # default: curate.inputs weights, else 1
     max_line_bytes: int = 8192  # training lines longer than this are cut into pieces of this size
-    num_threads: int = 0  # training threads; 0: the stage's cpus_per_task
+    # training threads. Fixed, not taken from the machine: sentencepiece's trainer breaks ties differently with
+    # another thread count, so the model depends on it (and only on it and the sample)
+    num_threads: int = 8
     read_workers: int = 0  # processes reading the input shards; 0: the stage's cpus_per_task
     analysis: TokenizerAnalysisConfig = field(default_factory=TokenizerAnalysisConfig)
 
@@ -81,9 +83,10 @@ class TokenizerConfig:
             raise ConfigError("tokenizer.max_line_bytes", "must be >= 64")
         if self.max_piece_length < 1:
             raise ConfigError("tokenizer.max_piece_length", "must be >= 1")
-        for name in ("num_threads", "read_workers"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"tokenizer.{name}", "must be >= 0")
+        if self.num_threads < 1:
+            raise ConfigError("tokenizer.num_threads", "must be >= 1")
+        if self.read_workers < 0:
+            raise ConfigError("tokenizer.read_workers", "must be >= 0")
         for src, w in self.source_weights.items():
             if w < 0:
                 raise ConfigError(f"tokenizer.source_weights.{src}", "must be >= 0")

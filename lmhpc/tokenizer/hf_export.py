@@ -3,13 +3,17 @@ a sentencepiece BPE model, so exported models can carry it.
 
 The fast tokenizer is a byte-fallback BPE whose merges are read off the sentencepiece vocabulary (each piece
 is the merge of two shorter pieces, ranked by the piece's id), with sentencepiece's whitespace handling:
-spaces become ``▁`` (and one is prepended when the model adds a dummy prefix). User tokens are added tokens
-matched before normalisation, as sentencepiece matches them.
+spaces become ``▁``, and one is prepended to the text when the model adds a dummy prefix. User tokens are
+added tokens matched in the normalised text, so they split it exactly where sentencepiece splits it. Control
+tokens (``<s>``, ``</s>``, ...) are special added tokens: sentencepiece never produces them from text, while
+Hugging Face tokenizers match them when they are written literally in the text (as for every Llama-style
+tokenizer); everywhere else the two give the same ids.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +53,15 @@ def tokenizer_json(proto: model_pb2.ModelProto, add_bos: bool = True) -> dict[st
     specials = {UNKNOWN, CONTROL}
     added = [
         {"id": i, "content": p.piece, "single_word": False, "lstrip": False, "rstrip": False,
-         "normalized": False, "special": p.type in specials}
-        for i, p in enumerate(pieces) if p.type in (UNKNOWN, CONTROL, USER_DEFINED)
+         "normalized": False, "special": True}
+        for i, p in enumerate(pieces) if p.type in specials
     ]
+    user = [p.piece for p in pieces if p.type == USER_DEFINED]
+    # user tokens are cut out of the normalised text (after the one dummy prefix), where sentencepiece cuts them
+    pre_tokenizer = None
+    if user:
+        pattern = "|".join(re.escape(u) for u in sorted(user, key=len, reverse=True))
+        pre_tokenizer = {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
     normalizers: list[dict[str, Any]] = []
     if dummy_prefix:
         normalizers.append({"type": "Prepend", "prepend": SPACE})
@@ -80,7 +90,7 @@ def tokenizer_json(proto: model_pb2.ModelProto, add_bos: bool = True) -> dict[st
         "padding": None,
         "added_tokens": added,
         "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": None,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": post,
         "decoder": {"type": "Sequence", "decoders": decoders},
         "model": {
@@ -91,7 +101,7 @@ def tokenizer_json(proto: model_pb2.ModelProto, add_bos: bool = True) -> dict[st
             "end_of_word_suffix": None,
             "fuse_unk": True,
             "byte_fallback": True,
-            "ignore_merges": False,
+            "ignore_merges": bool(user),  # a cut-out user token is looked up whole
             "vocab": {p.piece: i for i, p in enumerate(pieces)},
             "merges": [[left, right] for left, right in bpe_merges(proto)],
         },
@@ -99,7 +109,9 @@ def tokenizer_json(proto: model_pb2.ModelProto, add_bos: bool = True) -> dict[st
 
 
 def special_tokens(proto: model_pb2.ModelProto) -> dict[str, Any]:
-    """``special_tokens_map.json``: bos, eos, unk, pad and the user/control tokens."""
+    """``special_tokens_map.json``: bos, eos, unk, pad and the other control tokens. User tokens are ordinary
+    pieces cut out by the pre-tokenizer (listing them here would make transformers match them before the
+    dummy prefix, unlike sentencepiece)."""
     spec = proto.trainer_spec
     pieces = proto.pieces
     out: dict[str, Any] = {}
@@ -108,7 +120,7 @@ def special_tokens(proto: model_pb2.ModelProto) -> dict[str, Any]:
         if idx >= 0:
             out[name] = pieces[idx].piece
     extra = [p.piece for i, p in enumerate(pieces)
-             if p.type in (CONTROL, USER_DEFINED) and i not in (spec.bos_id, spec.eos_id, spec.pad_id)]
+             if p.type == CONTROL and i not in (spec.bos_id, spec.eos_id, spec.pad_id)]
     if extra:
         out["additional_special_tokens"] = extra
     return out

@@ -167,7 +167,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     started = time.time()
     shards = input_shards(ctx)
     workers = threads_for(ctx, cfg.read_workers)
-    threads = threads_for(ctx, cfg.num_threads)
+    threads = cfg.num_threads
     sample_bytes = int(cfg.sample_mb * MB)
     heldout_cap = int(cfg.analysis.heldout_mb * MB)
     ctx.log.info("sampling %d shards with %d reader(s)", len(shards), workers)

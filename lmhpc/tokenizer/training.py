@@ -7,8 +7,7 @@ encodable: characters outside the vocabulary become their UTF-8 bytes, never ``<
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,9 @@ from typing import Any
 
 import numpy as np
 import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
+from lmhpc.fsutil import atomic_open, write_text
 from lmhpc.tokenizer.config import TokenizerConfig
 
 
@@ -62,29 +63,32 @@ def trainer_options(cfg: TokenizerConfig, vocab_size: int, num_threads: int, har
 
 def train_model(lines: Iterable[str], cfg: TokenizerConfig, model_prefix: Path, vocab_size: int, num_threads: int,
                 seed: int, hard_vocab_limit: bool = True) -> Path:
-    """Train on ``lines`` and write ``<model_prefix>.model`` and ``.vocab`` (renamed into place together).
+    """Train on ``lines`` and write ``<model_prefix>.model`` and ``.vocab`` (each renamed into place).
+    The model bytes depend only on the lines, the options and the thread count (no paths are recorded in it).
     Raises :class:`VocabSizeError` when ``vocab_size`` does not fit the lines."""
     model_prefix = Path(model_prefix)
-    model_prefix.parent.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(seed)
-    with tempfile.TemporaryDirectory(prefix=f".{model_prefix.name}.", dir=model_prefix.parent) as tmp:
-        tmp_prefix = Path(tmp) / "m"
-        try:
-            spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(tmp_prefix),
-                                           **trainer_options(cfg, vocab_size, num_threads, hard_vocab_limit))
-        except RuntimeError as e:
-            message = str(e).strip()
-            if "Vocabulary size is too high" in message:
-                raise VocabSizeError(f"vocab_size={vocab_size} is too large for the sample ({message})") from e
-            if "Vocabulary size is smaller than required_chars" in message:
-                raise VocabSizeError(
-                    f"vocab_size={vocab_size} is smaller than the number of distinct characters the sample needs "
-                    f"at character_coverage={cfg.character_coverage}; raise the vocab size or lower the coverage "
-                    f"(rarer characters then become byte tokens) ({message})"
-                ) from e
-            raise
-        os.replace(f"{tmp_prefix}.vocab", f"{model_prefix}.vocab")
-        os.replace(f"{tmp_prefix}.model", f"{model_prefix}.model")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=model,
+                                       **trainer_options(cfg, vocab_size, num_threads, hard_vocab_limit))
+    except RuntimeError as e:
+        message = str(e).strip()
+        if "Vocabulary size is too high" in message:
+            raise VocabSizeError(f"vocab_size={vocab_size} is too large for the sample ({message})") from e
+        if "Vocabulary size is smaller than required_chars" in message:
+            raise VocabSizeError(
+                f"vocab_size={vocab_size} is smaller than the number of distinct characters the sample needs "
+                f"at character_coverage={cfg.character_coverage}; raise the vocab size or lower the coverage "
+                f"(rarer characters then become byte tokens) ({message})"
+            ) from e
+        raise
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(model.getvalue())
+    vocab = "".join(f"{p.piece}\t{p.score:g}\n" for p in proto.pieces)  # sentencepiece's own .vocab layout
+    write_text(Path(f"{model_prefix}.vocab"), vocab)
+    with atomic_open(Path(f"{model_prefix}.model"), "wb") as fh:
+        fh.write(model.getvalue())
     return Path(f"{model_prefix}.model")
 
 
