@@ -159,7 +159,8 @@ class PretrainConfig:
                            ("train.micro_batch_size", t.micro_batch_size), ("train.grad_accum", t.grad_accum),
                            ("parallel.dp_replicate", p.dp_replicate), ("parallel.tp", p.tp), ("parallel.pp", p.pp),
                            ("parallel.cp", p.cp), ("parallel.pp_stages_per_rank", p.pp_stages_per_rank),
-                           ("train.vocab_multiple_of", t.vocab_multiple_of), ("metrics.log_every", self.metrics.log_every)):
+                           ("train.vocab_multiple_of", t.vocab_multiple_of),
+                           ("metrics.log_every", self.metrics.log_every)):
             if value < 1:
                 fail(key, f"must be >= 1, got {value}")
         if p.dp_shard != -1 and p.dp_shard < 1:
@@ -174,7 +175,8 @@ class PretrainConfig:
         if m.n_kv_heads < 0 or m.n_heads % m.kv_heads:
             fail("model.n_kv_heads", f"n_heads={m.n_heads} must be a multiple of n_kv_heads={m.kv_heads}")
         if not m.layer_pattern or set(m.layer_pattern) - set(LAYER_KINDS):
-            fail("model.layer_pattern", f"{m.layer_pattern!r}: use the letters {sorted(LAYER_KINDS)} (A attention, M mamba)")
+            fail("model.layer_pattern",
+                 f"{m.layer_pattern!r}: use the letters {sorted(LAYER_KINDS)} (A attention, M mamba)")
         if m.max_seq_len < t.seq_len:
             fail("model.max_seq_len", f"{m.max_seq_len} is shorter than train.seq_len={t.seq_len}")
         if m.mup_base_dim < 0 or (m.mup_base_dim and m.mup_base_dim > m.dim):
@@ -211,7 +213,8 @@ class PretrainConfig:
         if t.fp8 and t.fp8_emulate and t.compile:
             fail("train.fp8_emulate", "emulated float8 does not work with train.compile")
         if t.fp8 and (m.dim % 16 or m.hidden_dim % 16):
-            fail("train.fp8", f"float8 matmuls need dim ({m.dim}) and the FFN hidden size ({m.hidden_dim}) divisible by 16")
+            fail("train.fp8",
+                 f"float8 matmuls need dim ({m.dim}) and the FFN hidden size ({m.hidden_dim}) divisible by 16")
         self._validate_parallel(root, fail)
 
     def _validate_parallel(self, root: RunConfig, fail: Any) -> None:
@@ -236,13 +239,16 @@ class PretrainConfig:
                 fail("parallel.tp", "MoE layers are not tensor-parallel in this backend; use dp/fsdp/pp")
             if "M" in m.layer_pattern:
                 fail("parallel.tp", "Mamba layers are not tensor-parallel in this backend")
+            if t.fp8:
+                fail("train.fp8", "float8 with tensor parallel is not supported by this backend (use tp = 1)")
             if r.dp_replicate > 1 and r.dp_shard == 1:
                 fail("parallel.dp_replicate", "with tp > 1, data parallelism is FSDP/HSDP: set dp_shard > 1")
         if m.tie_embeddings and (r.tp > 1 or r.pp > 1):
             fail("model.tie_embeddings", "tied embeddings need tp = 1 and pp = 1")
         if r.cp > 1:
             if t.seq_len % (2 * r.cp):
-                fail("train.seq_len", f"{t.seq_len} is not divisible by 2×cp={2 * r.cp} (load-balanced context parallel)")
+                fail("train.seq_len",
+                     f"{t.seq_len} is not divisible by 2×cp={2 * r.cp} (load-balanced context parallel)")
             if r.pp > 1:
                 fail("parallel.cp", "context parallel together with pipeline parallel is not supported")
             if "M" in m.layer_pattern:
@@ -257,7 +263,8 @@ class PretrainConfig:
                 fail("parallel.pp_stages_per_rank", f"{r.pp_schedule} runs one stage per rank")
             if t.micro_batch_size % r.microbatches:
                 fail("parallel.pp_microbatches",
-                     f"train.micro_batch_size={t.micro_batch_size} must split into {r.microbatches} pipeline micro-batches")
+                     f"train.micro_batch_size={t.micro_batch_size} must split into {r.microbatches} "
+                     "pipeline micro-batches")
             if r.pp_schedule != "gpipe" and r.microbatches < r.pp:
                 fail("parallel.pp_microbatches", f"{r.pp_schedule} needs at least pp={r.pp} micro-batches")
             if r.pp_schedule == "interleaved_1f1b" and r.microbatches % r.pp:

@@ -10,7 +10,6 @@ spike rollback skips data).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,20 +47,21 @@ def tokenizer_vocab(model_path: Path) -> tuple[int, int]:
     return sp.vocab_size(), sp.eos_id()
 
 
-def read_blend(path: Path) -> tuple[list[str], list[float] | None]:
-    """Prefixes and weights of a ``blend.json``: ``{"prefixes": [...], "weights": [...] | null}``.
-    Relative prefixes are relative to the file's folder."""
+def read_blend(path: Path) -> tuple[list[str], list[float], int | None]:
+    """Prefixes, weights and end-of-document id of the tokenize stage's ``blend.json``
+    (``data_path: [weight, prefix, weight, prefix, ...]``, Megatron's ``--data-path`` as a list)."""
+    from lmhpc.tokenizer.blend import load_blend
+
     if not path.is_file():
         raise FileNotFoundError(f"no {path}: run the tokenize stage, or set pretrain.data.prefixes")
-    data = json.loads(path.read_text())
-    prefixes = data.get("prefixes") or data.get("paths")
-    if not prefixes:
-        raise ValueError(f"{path}: no 'prefixes' list")
-    weights = data.get("weights") or None
-    resolved = [str(p if Path(p).is_absolute() else (path.parent / p)) for p in prefixes]
-    if weights is not None and len(weights) != len(resolved):
-        raise ValueError(f"{path}: {len(weights)} weights for {len(resolved)} prefixes")
-    return resolved, weights
+    blend = load_blend(path)
+    data_path = blend.get("data_path") or []
+    if not data_path or len(data_path) % 2:
+        raise ValueError(f"{path}: 'data_path' must be a non-empty list of weight, prefix pairs")
+    weights = [float(w) for w in data_path[0::2]]
+    prefixes = [str(p) for p in data_path[1::2]]
+    eod = blend.get("eod_id")
+    return prefixes, weights, None if eod is None else int(eod)
 
 
 def check_prefixes(prefixes: list[str]) -> None:

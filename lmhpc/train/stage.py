@@ -63,15 +63,17 @@ def init_distributed(rank: int, world_size: int, device: torch.device) -> bool:
     return True
 
 
-def resolve_data(ctx: StageContext, cfg: PretrainConfig) -> tuple[list[str], list[float] | None]:
+def resolve_data(ctx: StageContext, cfg: PretrainConfig) -> tuple[list[str], list[float] | None, int | None]:
+    """Prefixes, weights (None: by size) and the end-of-document id the data was written with (if known)."""
     if cfg.data.prefixes:
-        return [str(ctx.cfg.path(p)) for p in cfg.data.prefixes], list(cfg.data.weights) or None
+        return [str(ctx.cfg.path(p)) for p in cfg.data.prefixes], list(cfg.data.weights) or None, None
     return read_blend(ctx.stage_output("tokenize") / BLEND_FILE)
 
 
-def resolve_vocab(ctx: StageContext, cfg: PretrainConfig) -> tuple[int, int]:
-    """(padded vocabulary size, end-of-document id)."""
-    vocab, eod = cfg.model.vocab_size, cfg.data.eod_id
+def resolve_vocab(ctx: StageContext, cfg: PretrainConfig, data_eod: int | None) -> tuple[int, int]:
+    """(vocabulary size padded to ``train.vocab_multiple_of``, end-of-document id)."""
+    vocab = cfg.model.vocab_size
+    eod = cfg.data.eod_id if cfg.data.eod_id >= 0 else (data_eod if data_eod is not None else -1)
     if not vocab or eod < 0:
         path = ctx.cfg.path(cfg.data.tokenizer) if cfg.data.tokenizer else \
             ctx.stage_output("tokenizer") / "tokenizer.model"
@@ -112,11 +114,11 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     rank, world = dist.get_rank(), dist.get_world_size()
     seed = cfg.train.seed if cfg.train.seed >= 0 else ctx.cfg.run.seed
     dims = ParallelDims.build(cfg.parallel, world, rank, device.type)
-    vocab, eod = resolve_vocab(ctx, cfg)
+    prefixes, weights, data_eod = resolve_data(ctx, cfg)
+    vocab, eod = resolve_vocab(ctx, cfg, data_eod)
     if vocab % dims.size("tp"):
         raise ValueError(f"padded vocabulary {vocab} is not divisible by tp={dims.size('tp')}")
     args: ModelArgs = dataclasses.replace(cfg.model, vocab_size=vocab)
-    prefixes, weights = resolve_data(ctx, cfg)
     global_batch = cfg.global_batch(dims.cfg.dp)
     data = GlobalBatches(prefixes, weights, cfg.train.seq_len, global_batch,
                          num_samples=cfg.train.steps * global_batch, seed=seed,

@@ -11,11 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.train.fixtures import make_tokenized, tiny_pretrain
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Tiny models on a shared 2-core machine: one intra-op thread avoids OpenMP spin contention, which
+# otherwise makes each step ~30x slower when other processes use the cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

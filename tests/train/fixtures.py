@@ -51,8 +51,13 @@ def make_tokenized(run_dir: Path, n_docs: int = 120, shards: int = 2, vocab_size
     for s in range(shards):
         docs = [np.array(sp.encode(t) + [sp.eos_id()], dtype=np.int64) for t in texts[s::shards]]
         prefixes.append(write_indexed_dataset(out / f"part-{s:05d}", docs, sp.vocab_size()))
-    (out / "blend.json").write_text(json.dumps({"prefixes": [p.name for p in prefixes],
-                                                "weights": [1.0] * len(prefixes)}))
+    # the tokenize stage's blend.json: Megatron's --data-path as a list, absolute and relative
+    weights = [1.0 / len(prefixes)] * len(prefixes)
+    (out / "blend.json").write_text(json.dumps({
+        "data_path": [x for w, p in zip(weights, prefixes) for x in (w, str(p))],
+        "data_path_relative": [x for w, p in zip(weights, prefixes) for x in (w, p.name)],
+        "eod_id": sp.eos_id(),
+    }))
     (out / "DONE").write_text("{}\n")
     return prefixes
 
