@@ -29,7 +29,7 @@ class TextNormalization:
     lowercase: bool = True
     collapse_whitespace: bool = True  # runs of whitespace become one space; ends are stripped
     remove_punctuation: bool = False  # Unicode punctuation (P*), ASCII symbols and controls become spaces
-    digits_to_zero: bool = False  # every run of digits (1,234.5 included) becomes "0"
+    digits_to_zero: bool = False  # every number (digits with at most one "." or "," inside) becomes "0"
     strip_diacritics: bool = False  # NFD, then combining marks removed
 
 

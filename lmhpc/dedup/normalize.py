@@ -9,7 +9,8 @@ import unicodedata
 
 from lmhpc.dedup.config import TextNormalization
 
-_DIGIT_RUNS = re.compile(r"\d+(?:[.,]\d+)*")  # \d is Unicode-aware: every script's decimal digits
+# a number with at most one decimal separator, as datatrove matches it; \d is every script's decimal digits
+_DIGIT_RUNS = re.compile(r"\d+(?:[.,\u060c\u066b\u2396\u2397\u2398]\d+)?")
 
 
 @functools.cache

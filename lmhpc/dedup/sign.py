@@ -48,11 +48,16 @@ def exact_hash(text: str) -> tuple[int, int]:
 
 
 def bad_reason(doc: Document) -> str | None:
-    """Why a record cannot be deduplicated, or None when it can."""
+    """Why a record cannot be deduplicated (nor written back), or None when it can."""
     if not isinstance(doc.text, str):
         return "text_not_string"
     if not isinstance(doc.id, str):
         return "id_not_string"
+    if not doc.text.isascii():
+        try:
+            doc.text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "text_not_utf8"  # lone surrogates from a \ud800-style escape
     return None
 
 

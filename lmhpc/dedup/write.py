@@ -16,18 +16,25 @@ from typing import Any
 import numpy as np
 
 from lmhpc.data.quarantine import Quarantine
-from lmhpc.data.writers import ShardWriter, compressed_writer, encode_line
+from lmhpc.data.writers import ShardWriter, compressed_writer
 from lmhpc.dedup.sign import bad_reason, iter_shard
 from lmhpc.dedup.workdir import BAD, EMPTY, SHORT
 from lmhpc.fsutil import atomic_path
 
 DROP_REASONS = ("exact", "near", "empty")
+_BAD_DETAIL = {
+    "text_not_string": "the text field is not a string",
+    "id_not_string": "the id field is not a string",
+    "text_not_utf8": "the text holds characters that cannot be written as UTF-8 (lone surrogates)",
+}
 
 
-def remove_stale_outputs(data_dir: Path, shard: int) -> None:
-    """Delete what an interrupted attempt may have left for this shard (finished or temporary parts)."""
-    for pattern in (f"part-{shard:05d}-*", f".part-{shard:05d}-*"):
-        for p in data_dir.glob(pattern):
+def remove_stale_outputs(stage_dir: Path, shard: int) -> None:
+    """Delete what an interrupted attempt may have left for this shard (finished or temporary files)."""
+    stale = [("data", f"part-{shard:05d}-*"), ("data", f".part-{shard:05d}-*"), ("dropped", f".{shard:05d}.*"),
+             ("quarantine", f"{shard:05d}.*"), ("quarantine", f".{shard:05d}.*")]
+    for folder, pattern in stale:
+        for p in (stage_dir / folder).glob(pattern):
             p.unlink()
 
 
@@ -35,7 +42,7 @@ def write_shard(src: Path, shard: int, stage_dir: Path, status: np.ndarray, deci
                 drop_empty: bool, max_bytes: int) -> dict[str, Any]:
     """Copy the kept documents of ``src`` to the stage's data folder; return the shard's accounting."""
     data_dir = stage_dir / "data"
-    remove_stale_outputs(data_dir, shard)
+    remove_stale_outputs(stage_dir, shard)
     drop_at = {line: (why, kept, size) for line, why, kept, size in
                zip(decisions["lines"], decisions["reasons"], decisions["kept_ids"], decisions["group_sizes"])}
     dropped: Counter[str] = Counter({r: 0 for r in DROP_REASONS})
@@ -51,8 +58,8 @@ def write_shard(src: Path, shard: int, stage_dir: Path, status: np.ndarray, deci
             st = int(status[line])
             if st == BAD:
                 reason = bad_reason(doc) or "bad_document"
-                quarantine.add(reason, f"{src.name}:{line + 1}", encode_line(doc),
-                               detail=f"text is {type(doc.text).__name__}, id is {type(doc.id).__name__}")
+                raw = json.dumps(doc.to_dict(), ensure_ascii=True)  # ASCII: survives lone surrogates
+                quarantine.add(reason, f"{src.name}:{line + 1}", raw, detail=_BAD_DETAIL.get(reason, reason))
                 continue
             record: dict[str, Any] | None = None
             if st == EMPTY and drop_empty:

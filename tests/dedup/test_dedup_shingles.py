@@ -1,0 +1,87 @@
+"""Normalisation and vectorised shingle hashing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lmhpc.dedup.config import MinHashConfig, TextNormalization
+from lmhpc.dedup.normalize import normalize_text
+from lmhpc.dedup.shingles import MULTIPLIERS, fmix64, shingle_hashes, word_hashes
+
+
+def reference_word_shingles(text: str, n: int) -> list[int]:
+    """The documented construction, one shingle at a time in plain Python."""
+    words = text.split()
+    hashes, _ = word_hashes([" ".join(words)])
+    out = []
+    for i in range(len(words) - n + 1):
+        acc = 0
+        for k in range(n):
+            acc = (acc + int(hashes[i + k]) * int(MULTIPLIERS[k])) % 2**64
+        out.append(int(fmix64(np.array([acc], dtype=np.uint64))[0]) >> 32)
+    return out
+
+
+def test_batch_matches_reference_and_never_crosses_documents():
+    texts = ["the cat sat on the mat today", "", "one two", "a b c d e f g h", "zebra"]
+    values, offsets = shingle_hashes(texts, "word", 3)
+    for d, t in enumerate(texts):
+        assert values[offsets[d] : offsets[d + 1]].tolist() == reference_word_shingles(t, 3)
+    assert np.diff(offsets).tolist() == [5, 0, 0, 6, 0]
+
+
+def test_equal_words_hash_equal_and_order_matters():
+    h, counts = word_hashes(["alpha beta alpha", "beta"])
+    assert counts.tolist() == [3, 1]
+    assert h[0] == h[2] and h[1] == h[3] and h[0] != h[1]
+    ab, _ = shingle_hashes(["x y"], "word", 2)
+    ba, _ = shingle_hashes(["y x"], "word", 2)
+    assert ab.tolist() != ba.tolist()
+
+
+def test_words_differing_in_one_byte_or_length_differ():
+    words = ["abc", "abd", "abcd", "ab", "cba", "x" * 70, "x" * 71, "ü", "u"]
+    h, _ = word_hashes([" ".join(words)])
+    assert len(set(h.tolist())) == len(words)
+
+
+def test_char_shingles():
+    values, offsets = shingle_hashes(["abcd", "ab", "xbcd"], "char", 3)
+    assert np.diff(offsets).tolist() == [2, 0, 2]
+    assert values[1] == values[3]  # "bcd" in both
+    assert values[0] != values[2]
+
+
+def test_whitespace_does_not_change_word_shingles():
+    a, _ = shingle_hashes(["one  two\nthree\tfour"], "word", 2)
+    b, _ = shingle_hashes(["one two three four"], "word", 2)
+    assert a.tolist() == b.tolist()
+
+
+def test_unknown_unit():
+    with pytest.raises(ValueError, match="unknown shingle unit"):
+        shingle_hashes(["a"], "sentence", 1)
+
+
+def test_exact_normalization_defaults():
+    norm = TextNormalization()
+    assert normalize_text("  Hello\u00a0 WORLD\n\n", norm) == "hello world"
+    assert normalize_text("ﬁne", norm) == "fine"  # NFKC folds the ligature
+    assert normalize_text("Hello, world!", norm) == "hello, world!"  # punctuation kept for exact dedup
+
+
+@pytest.mark.parametrize("text", [
+    "The Quick, brown fox -- jumped over 1,234.5 lazy dogs!!! Didn't it?",
+    "Café au lait: naïve résumé costs 3.50 euros (approx.) [citation needed]",
+    "line one\nline two\t\ttabbed   spaced ... ellipsis… “quoted” text",
+    "2024-01-02 12:30 #hashtag @user a/b+c=d 50% off",
+])
+def test_shingle_normalization_agrees_with_datatrove(text):
+    """The benchmark compares against datatrove with the same shingling: our simplified words must be
+    the ones datatrove's simplify_text yields on ordinary text."""
+    from datatrove.utils.text import simplify_text
+
+    ours = normalize_text(text, MinHashConfig().normalize).split()
+    theirs = simplify_text(text).split()
+    assert ours == theirs
