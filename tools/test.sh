@@ -7,5 +7,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash env/setup_cpu.sh
 bash tools/slurm_cluster.sh start
 eval "$(bash tools/slurm_cluster.sh env)"
-export WANDB_MODE=offline
+export WANDB_MODE=offline LMHPC_REQUIRE_SLURM=1
 exec .venv/bin/python -m pytest -n 2 --dist loadgroup -q -ra "$@"

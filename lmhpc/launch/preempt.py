@@ -52,10 +52,8 @@ class PreemptionFlag:
 
 
 def slurm_job_id() -> str | None:
-    """The id ``scontrol requeue`` needs: array tasks are ``<array job>_<task>``."""
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array_job and task:
-        return f"{array_job}_{task}"
+    """The id ``scontrol requeue`` needs. Array tasks have their own ``SLURM_JOB_ID`` too, which
+    (unlike ``<array job>_<task>`` for throttled arrays) scontrol always accepts."""
     return os.environ.get("SLURM_JOB_ID")
 
 

@@ -150,5 +150,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     env = dict(os.environ)
     reason = _skip_reason(env)
     if reason:
+        if os.environ.get("LMHPC_REQUIRE_SLURM") == "1":
+            pytest.fail(f"LMHPC_REQUIRE_SLURM=1 but no cluster: {reason}")
         pytest.skip(reason)
     yield SlurmCluster(env)
