@@ -6,6 +6,7 @@ n-grams with numpy, and skip the sequential duplicate scan when no n-gram repeat
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ class GopherQualityFilter(ScoredFilter):
         n_content = len(content)
         lines = doc.lines
         n_lines = len(lines) or 1
-        n_alpha = n_content - sum(1 for w in content if not _has_alpha(w))
+        n_alpha = n_content - sum(1 for w in content if not w.isalpha() and not _has_alpha(w))
         bullets = sum(1 for line in lines if line.lstrip().startswith(("•", "-")))
         ellipsis_end = sum(1 for line in lines if line.rstrip().endswith(("...", "…")))
         return {
@@ -106,8 +107,11 @@ class GopherRepetitionFilter(ScoredFilter):
         n_words = len(doc.words)
         for n, _ in self.top_n_grams:
             scores[f"top_{n}_gram"] = top_ngram_chars(doc, n) / n_chars if n_words >= n else 0.0
-        for n, _ in self.dup_n_grams:
-            scores[f"dup_{n}_gram"] = duplicated_ngram_chars(doc, n) / n_chars if n_words >= n else 0.0
+        repeats = True
+        for n, _ in self.dup_n_grams:  # ascending: once no n-gram repeats, no longer one does either
+            chars = duplicated_ngram_chars(doc, n) if repeats and n_words >= n else 0
+            repeats = chars > 0
+            scores[f"dup_{n}_gram"] = chars / n_chars
         return scores
 
     def decide(self, s: dict[str, Any]) -> FilterResult:
@@ -137,37 +141,73 @@ def duplicates(items: list[str]) -> tuple[int, int]:
     return len(items) - len(unique), sum(map(len, items)) - sum(map(len, unique))
 
 
+def _run_starts(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Starts and lengths of the runs of equal values in a sorted array."""
+    new_run = np.empty(len(ordered), dtype=bool)
+    new_run[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new_run[1:])
+    starts = np.flatnonzero(new_run)
+    lengths = np.empty_like(starts)
+    lengths[:-1] = starts[1:] - starts[:-1]
+    lengths[-1:] = len(ordered) - starts[-1:]
+    return starts, lengths
+
+
 def top_ngram_chars(doc: TextView, n: int) -> int:
     """Characters covered by the most frequent word n-gram (joined by spaces) times its count;
     among equally frequent n-grams the first to occur counts."""
     hashes = doc.ngram_hashes(n)
-    _, first, counts = np.unique(hashes, return_index=True, return_counts=True)
-    top = counts.max()
-    start = int(first[counts == top].min())
-    return (int(doc.ngram_char_length(start, n)) + n - 1) * int(top)
+    ordered = np.sort(hashes)
+    starts, lengths = _run_starts(ordered)
+    top = int(lengths.max())
+    if top == 1:
+        start = 0
+    else:
+        values = ordered[starts[lengths == top]]
+        start = int(np.flatnonzero(np.isin(hashes, values))[0])
+    return (int(doc.ngram_char_length(start, n)) + n - 1) * top
 
 
 def duplicated_ngram_chars(doc: TextView, n: int) -> int:
     """Characters (words joined without spaces) in n-grams that repeat an earlier n-gram, scanning left
-    to right and jumping past each repeat, so overlapping repeats are not counted twice."""
+    to right and jumping past each repeat, so overlapping repeats are not counted twice.
+
+    The scan only visits positions whose n-gram occurred before: position ``j`` is a repeat exactly when
+    an earlier occurrence of its n-gram was visited, that is, does not lie in the ``n - 1`` positions
+    jumped over after an earlier repeat.
+    """
     hashes = doc.ngram_hashes(n)
-    _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
-    if len(first) == len(hashes):
+    ordered = np.sort(hashes)
+    if not (ordered[1:] == ordered[:-1]).any():
         return 0
-    repeat = first[inverse] != np.arange(len(hashes))
-    start = int(np.argmax(repeat))  # everything before the first repeat is new
-    seen = set(hashes[:start].tolist())
-    values = hashes.tolist()
-    total = len(values)
-    lengths = doc.ngram_char_length(np.arange(total), n).tolist()
+    order = np.argsort(hashes, kind="stable")
+    starts, lengths = _run_starts(ordered)
+    run_of = np.repeat(starts, lengths)  # for each entry of the order, where its run starts
+    later = np.flatnonzero(run_of != np.arange(len(hashes)))  # not the first of their run
+    positions = order[later]
+    by_position = np.argsort(positions, kind="stable")
+    candidates = positions[by_position].tolist()
+    cand_entry = later[by_position].tolist()
+    cand_run = run_of[later][by_position].tolist()
+    order_list = order.tolist()
+    cum = doc.ngram_char_length(np.asarray(candidates), n).tolist()
+    jumped_from: list[int] = []  # windows [j + 1, j + n) skipped after the repeat at j, in order
     chars = 0
-    idx = start
-    while idx < total:
-        h = values[idx]
-        if h in seen:
-            chars += lengths[idx]
-            idx += n
-        else:
-            seen.add(h)
-            idx += 1
+    next_free = 0
+    k = 0
+    total = len(candidates)
+    while k < total:
+        j = candidates[k]
+        if j < next_free:
+            k = bisect_left(candidates, next_free, k + 1)
+            continue
+        for entry in range(cand_run[k], cand_entry[k]):
+            i = order_list[entry]  # earlier occurrences, in position order
+            w = bisect_right(jumped_from, i - 1) - 1
+            if w < 0 or i >= jumped_from[w] + n:
+                chars += cum[k]
+                jumped_from.append(j)
+                next_free = j + n
+                break
+        k += 1
     return chars
