@@ -83,7 +83,7 @@ def mixed_docs(prefix: str, n: int, seed: int = 0) -> list[dict]:
     for i in range(n):
         kind = i % 5
         if kind == 1:
-            text = "Too short to keep."
+            text = prose(seed * 1000 + i, sentences=2)  # under 50 words
         elif kind == 2:
             text = "\n".join(["Buy cheap watches online today."] * 12)
         elif kind == 3:
