@@ -80,6 +80,9 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.async_save = async_save
         self.rank = dist.get_rank() if dist.is_initialized() else 0
+        # asynchronous saves finish in a background thread: their collectives get a group of their
+        # own, so they never interleave with the training step's collectives on the default group
+        self.group = dist.new_group(backend="gloo") if async_save and dist.is_initialized() else None
         self.pending: _Pending | None = None
         self.saves = 0
         self.save_seconds = 0.0
@@ -108,7 +111,7 @@ class CheckpointManager:
                    path / f"rng-rank{self.rank:05d}.pt")
         state = self._state_dict()
         if self.async_save and not synchronous:
-            future = dcp.async_save(state, checkpoint_id=str(path))
+            future = dcp.async_save(state, checkpoint_id=str(path), process_group=self.group)
             self.pending = _Pending(step, future, dict(train_state))
         else:
             dcp.save(state, checkpoint_id=str(path))
