@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -114,3 +115,22 @@ def test_char_shingles_find_the_planted_duplicates(tmp_path, runs_dir, planted):
     assert run_stage(cfg, "dedup") == 0
     result = score(predicted_from_dropped(runs_dir / "t" / "dedup"), planted)
     assert result["precision"] >= 0.99 and result["planted_pair_recall_j085"] >= 0.9, result
+
+
+def test_cluster_statistics_reach_wandb(tmp_path, runs_dir, planted):
+    from lmhpc.track import offline_run_dirs, read_history
+
+    write_curated(runs_dir / "t", planted.docs[:300], shards=2)
+    cfg = load_config(dedup_config(tmp_path / "c.yaml", runs_dir, wandb="offline"))
+    assert run_stage(cfg, "dedup") == 0
+    stage = runs_dir / "t" / "dedup"
+    stats = json.loads((stage / "stats.json").read_text())
+    # wandb's service may still be writing the offline file when finish() has returned: wait for the row
+    deadline = time.monotonic() + 30
+    while not (rows := read_history(offline_run_dirs(stage)[0])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    logged = {k: v for row in rows for k, v in row.items()}
+    assert logged["stats/near/clusters"] == stats["near"]["clusters"] > 0
+    assert logged["stats/dropped/near"] == stats["dropped"]["near"]
+    assert logged["stats/memory/shuffle_bytes_per_doc"] == stats["memory"]["shuffle_bytes_per_doc"]
+    assert any(k.startswith("stats/near/size_hist/") for k in logged)
