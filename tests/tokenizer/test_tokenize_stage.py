@@ -248,3 +248,20 @@ def test_local_executor_runs_two_tasks_and_finalize(tokenized, tokenize_run, rep
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Tokens per source" in res.stdout
     assert outputs_of(cfg.run_dir / "tokenize") == outputs_of(tokenized.run_dir / "tokenize")
+
+
+def test_token_counts_and_analysis_reach_wandb(tokenize_run):
+    from lmhpc.track import offline_run_dirs, read_history
+
+    cfg = tokenize_run("wandb", wandb={"mode": "offline", "project": "lmhpc-tests"})
+    assert run_stage(cfg, "tokenize") == 0
+    runs = offline_run_dirs(cfg.run_dir / "tokenize")
+    assert runs
+    # wandb's service may still be writing the offline file when finish() has returned: wait for the row
+    deadline = time.monotonic() + 30
+    while not (rows := read_history(runs[-1])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    row = {k: v for r in rows for k, v in r.items()}
+    assert row["stats/per_source/prose/tokens"] > 0
+    assert 0 < row["stats/analysis/by_language/zh/byte_fallback_rate"] <= 1
+    assert row["stats/analysis/by_source/code/bytes_per_token"] > 1
