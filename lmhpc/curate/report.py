@@ -72,12 +72,12 @@ def format_report(stats: dict[str, Any], top_domains: int = 20) -> str:
         lines.append("")
         shown = sorted(domains.items(), key=lambda kv: (-kv[1].get("docs_in", 0), kv[0]))[:top_domains]
         lines.append(f"largest {len(shown)} of {len(domains)} domains")
-        lines.append(f"{'domain':<36} {'in':>7} {'kept':>7} {'kept%':>7}  top drop reason")
+        lines.append(f"{'domain':<36} {'in':>7} {'kept':>7} {'kept%':>7}  kept share after each filter that dropped")
         for domain, sub in shown:
-            top = max(sub.get("dropped", {}).items(), key=lambda kv: (kv[1], kv[0]), default=("-", 0))
             kept = sub.get("docs_out", 0)
             share = kept / sub["docs_in"] if sub.get("docs_in") else 0.0
-            lines.append(f"{domain:<36} {sub.get('docs_in', 0):>7} {kept:>7} {_pct(share)}  {top[0]} ({top[1]})")
+            steps = " ".join(f"{r['filter']}:{_pct(r['kept_after']).strip()}" for r in filter_rows(sub) if r["dropped"])
+            lines.append(f"{domain:<36} {sub.get('docs_in', 0):>7} {kept:>7} {_pct(share)}  {steps or '-'}")
     return "\n".join(lines)
 
 

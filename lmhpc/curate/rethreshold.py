@@ -24,6 +24,7 @@ from typing import Any
 
 from lmhpc.config import ConfigError, load_config
 from lmhpc.curate.filters.chain import ChainSet
+from lmhpc.curate.filters.domain import url_host
 from lmhpc.curate.selection import Selector
 from lmhpc.data.writers import ShardWriter, iter_jsonl_docs
 from lmhpc.fsutil import write_json
@@ -49,7 +50,8 @@ def rethreshold(curate_dir: Path, config: Path, overrides: list[str], out: Path 
     files = shard_files(curate_dir)
     if not files:
         raise FileNotFoundError(f"no shards under {curate_dir}/data or {curate_dir}/dropped")
-    stats: dict[str, Any] = {"docs_in": 0, "docs_out": 0, "quarantined": 0, "dropped": {}, "per_source": {}}
+    stats: dict[str, Any] = {"docs_in": 0, "docs_out": 0, "quarantined": 0, "dropped": {}, "per_source": {},
+                             "per_domain": {}}
     for kind, path in files:
         writer = None
         if out is not None:
@@ -63,18 +65,22 @@ def rethreshold(curate_dir: Path, config: Path, overrides: list[str], out: Path 
             reason = chain(doc)
             if reason is None:
                 reason = selector.select(doc, weights.get(doc.source, 1.0))
-            src = stats["per_source"].setdefault(doc.source, {"docs_in": 0, "kept_before": 0, "kept_after": 0,
-                                                              "dropped": {}})
-            src["docs_in"] += 1
-            src["kept_before"] += int(was_kept)
             stats["docs_in"] += 1
+            subsets = [stats["per_source"].setdefault(doc.source, _subset())]
+            host = url_host(doc.url)
+            if host:
+                subsets.append(stats["per_domain"].setdefault(host, _subset()))
+            for sub in subsets:
+                sub["docs_in"] += 1
+                sub["kept_before"] += int(was_kept)
+                sub["kept_after"] += int(reason is None)
+                if reason is not None:
+                    sub["dropped"][reason] = sub["dropped"].get(reason, 0) + 1
             if reason is None:
-                src["kept_after"] += 1
                 stats["docs_out"] += 1
                 if writer is not None:
                     writer.write(doc)
             else:
-                src["dropped"][reason] = src["dropped"].get(reason, 0) + 1
                 stats["dropped"][reason] = stats["dropped"].get(reason, 0) + 1
                 if writer is not None and write_dropped:
                     doc.metadata["drop_reason"] = reason
@@ -88,13 +94,28 @@ def rethreshold(curate_dir: Path, config: Path, overrides: list[str], out: Path 
     return stats
 
 
-def format_comparison(stats: dict[str, Any]) -> str:
-    """Per source: documents, kept before, kept after, and the new drops by reason."""
-    lines = [f"{'source':<16} {'docs':>8} {'kept before':>12} {'kept after':>11}  drops after"]
+def _subset() -> dict[str, Any]:
+    return {"docs_in": 0, "kept_before": 0, "kept_after": 0, "dropped": {}}
+
+
+def format_comparison(stats: dict[str, Any], top_domains: int = 20) -> str:
+    """Per source, then for the domains that changed most: documents, kept before and after, new drops."""
+    lines = [f"{'source':<24} {'docs':>8} {'kept before':>12} {'kept after':>11}  drops after"]
     for source, s in sorted(stats["per_source"].items()):
-        reasons = ", ".join(f"{r}={n}" for r, n in sorted(s["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))
-        lines.append(f"{source:<16} {s['docs_in']:>8} {s['kept_before']:>12} {s['kept_after']:>11}  {reasons}")
+        lines.append(_row(source, s))
+    changed = sorted(stats.get("per_domain", {}).items(),
+                     key=lambda kv: (-abs(kv[1]["kept_after"] - kv[1]["kept_before"]), -kv[1]["docs_in"], kv[0]))
+    changed = [(d, s) for d, s in changed if s["kept_after"] != s["kept_before"]][:top_domains]
+    if changed:
+        lines.append("")
+        lines.append(f"{'domain (most changed)':<24} {'docs':>8} {'kept before':>12} {'kept after':>11}  drops after")
+        lines.extend(_row(domain, s) for domain, s in changed)
     return "\n".join(lines)
+
+
+def _row(name: str, s: dict[str, Any]) -> str:
+    reasons = ", ".join(f"{r}={n}" for r, n in sorted(s["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return f"{name:<24} {s['docs_in']:>8} {s['kept_before']:>12} {s['kept_after']:>11}  {reasons}"
 
 
 def main(argv: list[str] | None = None) -> int:
