@@ -87,6 +87,12 @@ class StepOutcome:
     rollback: bool = False
 
 
+@dataclass
+class PreparedStep:
+    batches: list[tuple[torch.Tensor, torch.Tensor]]
+    global_tokens: float
+
+
 def _all_reduce_world(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -189,10 +195,19 @@ class Trainer:
         return norm
 
     # -- the step -------------------------------------------------------------------------------
-    def train_step(self, step: int, data_step: int) -> StepOutcome:
+    def prepare_step(self, data_step: int, stop_requested: bool) -> tuple[PreparedStep, bool]:
+        """Load this rank's micro-batches and agree, in one collective, on the global number of loss
+        tokens and on whether any rank got a preemption signal (then the step is not run)."""
         batches = self._micro_batches(data_step)
         local_tokens = sum(int((lab != IGNORE_INDEX).sum()) for _, lab in batches)
-        (global_tokens,) = _all_reduce_world([float(local_tokens if self.dims.counts_tokens else 0)])
+        global_tokens, stops = _all_reduce_world([float(local_tokens if self.dims.counts_tokens else 0),
+                                                  float(stop_requested)])
+        return PreparedStep(batches, global_tokens), stops > 0
+
+    def train_step(self, step: int, data_step: int, prepared: PreparedStep | None = None) -> StepOutcome:
+        if prepared is None:
+            prepared, _ = self.prepare_step(data_step, False)
+        batches, global_tokens = prepared.batches, prepared.global_tokens
         self.loss_scale = self.dims.grad_average_size / max(global_tokens, 1.0)
         loss_share = self.forward_backward(batches)
         norm = self.grad_norm()

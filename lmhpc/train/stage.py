@@ -168,7 +168,11 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     last: dict[str, Any] = {}
     try:
         while step < cfg.train.steps:
-            if ctx.agree_stop():
+            iteration_start = time.perf_counter()
+            # the ranks agree on the preemption flag in the step's first collective (ctx.should_stop()
+            # is this rank's flag; any rank's flag stops them all)
+            prepared, stop = trainer.prepare_step(data_step, ctx.should_stop())
+            if stop:
                 ckpt.finish_pending()
                 if last_saved != step:
                     ckpt.save(step, train_state(), synchronous=True)
@@ -176,7 +180,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
             lr = lr_at(step, cfg.train.steps, cfg.optimizer)
             set_lr(optimizers, lr)
             t0 = time.perf_counter()
-            outcome = trainer.train_step(step, data_step)
+            outcome = trainer.train_step(step, data_step, prepared)
             seconds = time.perf_counter() - t0
             data_step += 1
             if outcome.rollback:
@@ -189,10 +193,6 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                     metrics_file = MetricsFile(ctx.stage_dir / METRICS_FILE, step)
                 continue
             step += 1
-            if step > start_step + 1:  # the first step of an attempt pays for warm-up
-                train_seconds += seconds
-                timed_steps += 1
-                timed_tokens += tokens_per_step
             if step % cfg.metrics.log_every == 0 or step == cfg.train.steps:
                 last = {"step": step, "loss": outcome.loss, "lr": lr, "grad_norm": outcome.grad_norm,
                         "update_applied": outcome.applied, "loss_tokens": outcome.loss_tokens,
@@ -204,6 +204,10 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                 if rank == 0:
                     metrics_file.write(last)
                     ctx.tracker.log({**last, "memory": memory_stats(device)}, step=step)
+            if step > start_step + 1:  # whole iterations but checkpoint saves; the first pays for warm-up
+                train_seconds += time.perf_counter() - iteration_start
+                timed_steps += 1
+                timed_tokens += tokens_per_step
             if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < cfg.train.steps:
                 ckpt.save(step, train_state())
                 last_saved = step
