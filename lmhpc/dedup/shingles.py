@@ -37,29 +37,34 @@ def fmix64(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> _S33)
 
 
-def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def word_hashes(texts: list[str], single_spaced: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Hash every whitespace-separated word of every text.
 
+    ``single_spaced``: the texts are known to hold words separated by single spaces, without leading or
+    trailing whitespace (as whitespace-collapsing normalisation leaves them), so they need no re-split.
     Returns ``(hashes, counts)``: uint64 hashes of all words, text after text, and the number of words
     of each text.
     """
-    words_per_text = [t.split() for t in texts]
-    counts = np.fromiter((len(w) for w in words_per_text), dtype=np.int64, count=len(texts))
+    if not single_spaced:
+        texts = [" ".join(t.split()) for t in texts]
+    counts = np.fromiter((t.count(" ") + 1 if t else 0 for t in texts), dtype=np.int64, count=len(texts))
     if not counts.sum():
         return np.zeros(0, dtype=np.uint64), counts
-    joined = " ".join(" ".join(w) for w in words_per_text if w).encode("utf-8")
-    data = np.frombuffer(joined, dtype=np.uint8)
+    data = np.frombuffer(" ".join(t for t in texts if t).encode("utf-8"), dtype=np.uint8)
     is_space = data == 32
     space_pos = np.flatnonzero(is_space)
-    starts = np.concatenate(([0], space_pos + 1))
-    ends = np.concatenate((space_pos, [len(data)]))
-    word_of_byte = np.cumsum(is_space)
-    position = np.arange(len(data)) - starts[word_of_byte]
+    starts = np.empty(len(space_pos) + 1, dtype=np.int64)
+    starts[0], starts[1:] = 0, space_pos + 1
+    ends = np.empty_like(starts)
+    ends[:-1], ends[-1] = space_pos, len(data)
+    lengths = ends - starts
     keep = ~is_space
-    values = _BYTE_TABLE[position[keep] % _TABLE_POSITIONS, data[keep]]
+    # position of each (non-space) byte inside its word
+    position = np.arange(int(keep.sum()), dtype=np.int64) - np.repeat(starts - np.arange(len(starts)), lengths)
+    values = _BYTE_TABLE[position % _TABLE_POSITIONS, data[keep]]
     packed_starts = starts - np.arange(len(starts))  # where each word starts once the spaces are gone
     hashes = np.bitwise_xor.reduceat(values, packed_starts)
-    hashes ^= _LENGTH_TABLE[np.minimum(ends - starts, 255)]
+    hashes ^= _LENGTH_TABLE[np.minimum(lengths, 255)]
     return fmix64(hashes), counts
 
 
@@ -72,14 +77,15 @@ def char_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return fmix64(code_points ^ _CHAR_SALT), counts
 
 
-def shingle_hashes(texts: list[str], unit: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """32-bit hashes of the n-gram shingles of each text, in CSR form.
+def shingle_hashes(texts: list[str], unit: str, n: int, single_spaced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """32-bit hashes of the n-gram shingles of each text, in CSR form (``single_spaced``: see
+    :func:`word_hashes`).
 
     Returns ``(values, offsets)``: the shingles of text ``d`` are ``values[offsets[d]:offsets[d + 1]]``
     (uint32). A text with fewer than ``n`` units has no shingle.
     """
     if unit == "word":
-        units, counts = word_hashes(texts)
+        units, counts = word_hashes(texts, single_spaced)
     elif unit == "char":
         units, counts = char_hashes(texts)
     else:

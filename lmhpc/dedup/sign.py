@@ -93,7 +93,7 @@ class _Batch:
         if not self.rows:
             return
         s = self.settings
-        values, offsets = shingle_hashes(self.texts, s.shingle, s.ngram)
+        values, offsets = shingle_hashes(self.texts, s.shingle, s.ngram, single_spaced=s.near_norm.collapse_whitespace)
         sizes = np.diff(offsets)
         rows = np.asarray(self.rows, dtype=np.int64)
         has = sizes > 0

@@ -85,3 +85,9 @@ def test_shingle_normalization_agrees_with_datatrove(text):
     ours = normalize_text(text, MinHashConfig().normalize).split()
     theirs = simplify_text(text).split()
     assert ours == theirs
+
+
+def test_single_spaced_fast_path_equals_general_path():
+    texts = ["one two three four", "", "a", "ünï cödé wörds here and there"]
+    assert all(np.array_equal(x, y) for x, y in zip(shingle_hashes(texts, "word", 2, single_spaced=True),
+                                                      shingle_hashes(texts, "word", 2)))
