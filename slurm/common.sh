@@ -1,11 +1,12 @@
 # Sourced by every slurm/<stage>.sbatch: finds the checkout and its interpreter, exports the
 # executor marker, and runs one stage with srun so that SLURM's --signal reaches the tasks.
-# Submit from the checkout's root (or export LMHPC_ROOT=/path/to/lmhpc).
+# Submit from the checkout's root, or export LMHPC_ROOT=/path/to/lmhpc first.
 set -euo pipefail
 LMHPC_ROOT=${LMHPC_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}
 LMHPC_PYTHON=${LMHPC_PYTHON:-$LMHPC_ROOT/.venv/bin/python}
 export LMHPC_EXECUTOR=slurm PYTHONUNBUFFERED=1
-cd "$LMHPC_ROOT"
+# the job stays in the folder it was submitted from (relative config paths keep working)
+export PYTHONPATH="$LMHPC_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if [ ! -x "$LMHPC_PYTHON" ] && ! command -v "$LMHPC_PYTHON" >/dev/null 2>&1; then
   echo "lmhpc: no interpreter at $LMHPC_PYTHON (set LMHPC_PYTHON or LMHPC_ROOT)" >&2
   exit 2

@@ -8,7 +8,7 @@ set -euo pipefail
 CONFIG=${1:?usage: slurm/pipeline.sh CONFIG [key.sub=value ...]}; shift
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export LMHPC_ROOT=${LMHPC_ROOT:-$(dirname "$HERE")}
-cd "$LMHPC_ROOT"
+# jobs start in this folder (their logs land here); the config path is taken as given
 STAGES=${STAGES:-curate dedup tokenizer tokenize pretrain}
 dep=()
 submit() { # name, then sbatch arguments
@@ -24,10 +24,10 @@ for stage in $STAGES; do
     curate|tokenize)
       var=$(echo "${stage}_TASKS" | tr '[:lower:]' '[:upper:]')
       n=${!var:-2}
-      submit "$stage" --array="0-$((n - 1))" "slurm/$stage.sbatch" "$CONFIG" "$@"
-      submit "$stage.finalize" slurm/finalize.sbatch "$stage" "$CONFIG" "$@" ;;
-    dedup) submit dedup --ntasks="${DEDUP_RANKS:-2}" slurm/dedup.sbatch "$CONFIG" "$@" ;;
-    tokenizer|pretrain) submit "$stage" "slurm/$stage.sbatch" "$CONFIG" "$@" ;;
+      submit "$stage" --array="0-$((n - 1))" "$HERE/$stage.sbatch" "$CONFIG" "$@"
+      submit "$stage.finalize" "$HERE/finalize.sbatch" "$stage" "$CONFIG" "$@" ;;
+    dedup) submit dedup --ntasks="${DEDUP_RANKS:-2}" "$HERE/dedup.sbatch" "$CONFIG" "$@" ;;
+    tokenizer|pretrain) submit "$stage" "$HERE/$stage.sbatch" "$CONFIG" "$@" ;;
     *) echo "pipeline.sh: unknown stage '$stage'" >&2; exit 2 ;;
   esac
 done
