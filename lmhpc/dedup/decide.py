@@ -68,9 +68,6 @@ class LocalShards:
     work: WorkDir
     shards: dict[int, SignedShard] = field(default_factory=dict)
 
-    def keys(self, shard: int, rows: np.ndarray) -> np.ndarray:
-        return doc_key(shard, rows)
-
     def signatures_of(self, keys: np.ndarray, num_perm: int) -> np.ndarray:
         """Signatures of documents held here, in the order of ``keys``."""
         out = np.empty((len(keys), num_perm), dtype=np.uint32)

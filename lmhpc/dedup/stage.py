@@ -28,7 +28,7 @@ from lmhpc.dedup.settings import DedupSettings
 from lmhpc.dedup.sign import DamagedShard, iter_shard, sign_shard
 from lmhpc.dedup.sizing import estimate, memory_figures
 from lmhpc.dedup.workdir import WorkDir, key_line, key_shard
-from lmhpc.dedup.write import DROP_REASONS, write_shard
+from lmhpc.dedup.write import DROP_REASONS, InputChanged, write_shard
 from lmhpc.fsutil import read_json, write_json
 from lmhpc.launch.preempt import Preempted
 from lmhpc.runner import StageFailed, merge_stats
@@ -60,8 +60,14 @@ def _rounds(ctx: StageContext, n_shards: int) -> range:
     return range(math.ceil(n_shards / ctx.world_size))
 
 
-def _stop_if_asked(ctx: StageContext, where: str) -> None:
-    if ctx.agree_stop():
+def _agree(ctx: StageContext, where: str, error: str | None = None) -> None:
+    """Collective: every rank learns whether any rank failed (then all raise StageFailed, so no rank is
+    left waiting in a collective) or got a preemption signal (then all raise Preempted)."""
+    states = ctx.comm.allgather((ctx.should_stop(), error))
+    errors = [f"rank {r}: {e}" for r, (_, e) in enumerate(states) if e]
+    if errors:
+        raise StageFailed("dedup failed " + where + ": " + "; ".join(errors))
+    if any(stop for stop, _ in states):
         raise Preempted(f"dedup: stopping {where}")
 
 
@@ -73,8 +79,9 @@ def sign_phase(ctx: StageContext, shards: list[Path], settings: DedupSettings, w
     fingerprint = settings.fingerprint()
     signed = skipped = docs = 0
     cpu = 0.0
+    error = None
     for r in _rounds(ctx, len(shards)):
-        _stop_if_asked(ctx, f"before signing round {r}")
+        _agree(ctx, f"before signing round {r}", error)
         i = r * ctx.world_size + ctx.rank
         if i >= len(shards):
             continue
@@ -86,7 +93,8 @@ def sign_phase(ctx: StageContext, shards: list[Path], settings: DedupSettings, w
         try:
             result = sign_shard(shards[i], settings, ctx.cfg.dedup.signature_batch_docs)
         except DamagedShard as e:
-            raise StageFailed(str(e)) from e
+            error = str(e)
+            continue
         result.meta.update(stamp, fingerprint=fingerprint)
         work.save_signed(i, result)
         signed += 1
@@ -94,6 +102,7 @@ def sign_phase(ctx: StageContext, shards: list[Path], settings: DedupSettings, w
         cpu += result.meta["cpu_s"]
         ctx.log.info("signed shard %d/%d (%s): %d docs in %.2fs cpu", i + 1, len(shards), shards[i].name,
                      result.meta["docs"], result.meta["cpu_s"])
+    _agree(ctx, "while signing", error)
     return {"shards_signed": signed, "shards_already_signed": skipped, "docs_signed": docs, "sign_cpu_s": cpu}
 
 
@@ -150,7 +159,7 @@ def decide_phase(ctx: StageContext, shards: list[Path], settings: DedupSettings,
     done = read_json(work.decided_path, default=None)
     if done and done.get("fingerprint") == fingerprint and done.get("inputs") == digest:
         return {**done, "reused": True}
-    _stop_if_asked(ctx, "before the exchange phase")
+    _agree(ctx, "before the exchange phase")
     cfg = ctx.cfg.dedup
     exchanger = Exchanger(ctx.comm, int(cfg.exchange_max_mb * 2**20))
     mine = [i for i in range(len(shards)) if i % ctx.world_size == ctx.rank]
@@ -175,8 +184,9 @@ def write_phase(ctx: StageContext, shards: list[Path], settings: DedupSettings, 
     """Write this rank's shards whose output is not complete for the current decisions."""
     written = skipped = 0
     max_bytes = int(ctx.cfg.dedup.shard_max_mb * 2**20)
+    error = None
     for r in _rounds(ctx, len(shards)):
-        _stop_if_asked(ctx, f"before writing round {r}")
+        _agree(ctx, f"before writing round {r}", error)
         i = r * ctx.world_size + ctx.rank
         if i >= len(shards):
             continue
@@ -185,10 +195,15 @@ def write_phase(ctx: StageContext, shards: list[Path], settings: DedupSettings, 
             skipped += 1
             continue
         signed = work.load_signed(i)
-        stats = write_shard(shards[i], i, ctx.stage_dir, signed.status, work.load_decisions(i), settings.drop_empty,
-                            max_bytes)
+        try:
+            stats = write_shard(shards[i], i, ctx.stage_dir, signed.status, work.load_decisions(i),
+                                settings.drop_empty, max_bytes)
+        except (DamagedShard, InputChanged) as e:
+            error = str(e)
+            continue
         write_json(work.written_path(i), {"decisions": decision_stamp, "stats": stats})
         written += 1
+    _agree(ctx, "while writing", error)
     return {"shards_written": written, "shards_already_written": skipped}
 
 
@@ -196,11 +211,27 @@ def write_phase(ctx: StageContext, shards: list[Path], settings: DedupSettings, 
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    """Deduplicate the curated shards; rank 0 returns the stage's stats."""
+    """Deduplicate the curated shards; rank 0 returns the stage's stats.
+
+    Failures that every rank learns of together (bad input, preemption) end the stage on all ranks; any
+    other error on one rank aborts the whole MPI job, so no rank is left waiting in a collective.
+    """
     if ctx.comm is None:
         from mpi4py import MPI
 
         ctx.comm = MPI.COMM_SELF
+    try:
+        return _run(ctx)
+    except (Preempted, StageFailed):
+        raise
+    except BaseException:
+        if ctx.world_size > 1:
+            ctx.log.exception("dedup: unexpected error on rank %d; aborting all %d ranks", ctx.rank, ctx.world_size)
+            ctx.comm.Abort(1)
+        raise
+
+
+def _run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.dedup
     settings = DedupSettings.from_config(cfg, ctx.cfg.run.seed)
     work = WorkDir(ctx.stage_dir)

@@ -22,6 +22,12 @@ from lmhpc.dedup.workdir import BAD, EMPTY, SHORT
 from lmhpc.fsutil import atomic_path
 
 DROP_REASONS = ("exact", "near", "empty")
+
+
+class InputChanged(RuntimeError):
+    """A curated shard no longer holds the documents that were signed."""
+
+
 _BAD_DETAIL = {
     "text_not_string": "the text field is not a string",
     "id_not_string": "the id field is not a string",
@@ -54,7 +60,7 @@ def write_shard(src: Path, shard: int, stage_dir: Path, status: np.ndarray, deci
         for line, doc in enumerate(iter_shard(src)):
             docs_in += 1
             if line >= len(status):
-                raise RuntimeError(f"{src} has more documents than when it was signed; rerun dedup from scratch")
+                raise InputChanged(f"{src} has more documents than when it was signed; rerun dedup from scratch")
             st = int(status[line])
             if st == BAD:
                 reason = bad_reason(doc) or "bad_document"
@@ -74,7 +80,7 @@ def write_shard(src: Path, shard: int, stage_dir: Path, status: np.ndarray, deci
             short += st == SHORT
             writer.write(doc)
         if docs_in != len(status):
-            raise RuntimeError(f"{src} has {docs_in} documents but {len(status)} were signed; rerun dedup from scratch")
+            raise InputChanged(f"{src} has {docs_in} documents but {len(status)} were signed; rerun dedup from scratch")
     paths = writer.close()
     return {
         "docs_in": docs_in,

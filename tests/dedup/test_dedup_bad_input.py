@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import zstandard
 
 from lmhpc.config import load_config
 from lmhpc.data.quarantine import read_quarantine
 from lmhpc.runner import run_stage
-from tests.dedup.corpus import dedup_config, dropped_records, kept_ids
+from tests.dedup.corpus import dedup_config, dropped_records, kept_ids, run_dedup_mpi, write_curated
 
 
 def words(n: int, seed: int) -> list[str]:
@@ -96,3 +97,16 @@ def test_no_input_shards_gives_an_empty_complete_stage(tmp_path):
     assert run_stage(cfg, "dedup") == 0
     stats = json.loads((runs / "t" / "dedup" / "stats.json").read_text())
     assert (stats["docs_in"], stats["docs_out"], stats["shards_in"]) == (0, 0, 0)
+
+
+@pytest.mark.mpi
+def test_damaged_shard_on_one_rank_ends_every_rank(tmp_path, planted):
+    """The rank that meets the damage tells the others at the next round: the job ends, it does not hang."""
+    runs = tmp_path / "runs"
+    write_curated(runs / "t", planted.docs[:200], shards=4)
+    damaged = sorted((runs / "t" / "curate" / "data").glob("part-00003-*"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:200])  # truncated: only rank 1 reads shard 3
+    res = run_dedup_mpi(dedup_config(tmp_path / "c.yaml", runs), 2, timeout=120)
+    assert res.returncode != 0
+    assert "rank 1:" in res.stderr and damaged.name in res.stderr
+    assert not (runs / "t" / "dedup" / "DONE").exists()
