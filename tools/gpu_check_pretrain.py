@@ -1,0 +1,155 @@
+"""GPU check of the pretrain stage: a ~1B Llama-style model trained for a few minutes on one GPU,
+in bf16 and in fp8 (torchao float8, tensorwise), printing tokens/s and MFU of each.
+
+It runs the real stage code (``lmhpc.train.stage.run``) on synthetic tokens written as a Megatron
+``.bin/.idx`` dataset, so what it measures is what a pretrain job does. MFU is against the GPU's
+dense BF16 peak (also for the fp8 run, which is labelled as such).
+
+    python tools/gpu_check_pretrain.py                     # bf16 then fp8, 150 steps each
+    python tools/gpu_check_pretrain.py --modes bf16 --steps 50 --no-compile
+    python tools/gpu_check_pretrain.py --out check.json    # also write the figures as JSON
+
+Without CUDA it stops at once with exit code 2 and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+VOCAB = 32000
+EOD = 2
+
+
+def model_1b(seq_len: int) -> dict[str, Any]:
+    """~0.9B parameters: dim 2048, 16 layers, 16 heads (GQA 8), SwiGLU 5632, untied 32k vocabulary."""
+    return {"vocab_size": VOCAB, "dim": 2048, "n_layers": 16, "n_heads": 16, "n_kv_heads": 8, "ffn_hidden": 5632,
+            "max_seq_len": seq_len, "rope_theta": 500000.0}
+
+
+def pretrain_section(mode: str, prefix: Path, steps: int, seq_len: int, batch: int, compile_model: bool,
+                     activation_checkpointing: bool) -> dict[str, Any]:
+    """The ``pretrain`` config section of one check run (``mode``: bf16 or fp8)."""
+    return {
+        "model": model_1b(seq_len),
+        "train": {"steps": steps, "seq_len": seq_len, "micro_batch_size": batch, "device": "cuda",
+                  "precision": "bf16", "fp8": mode == "fp8", "fp8_recipe": "tensorwise", "compile": compile_model,
+                  "activation_checkpointing": "full" if activation_checkpointing else "none", "seed": 1},
+        "optimizer": {"lr": 3e-4, "warmup_steps": min(20, steps)},
+        "checkpoint": {"interval": 0, "save_final": False},
+        "spike": {"policy": "off"},
+        "data": {"prefixes": [str(prefix)], "eod_id": EOD},
+        "metrics": {"log_every": 10},
+    }
+
+
+def run_config(section: dict[str, Any], work: Path, name: str):
+    """A validated RunConfig for one run (one process, one GPU)."""
+    from lmhpc.config import RunConfig, build, validate
+
+    cfg = build(RunConfig, {"run": {"name": name, "runs_dir": str(work / "runs"), "stages": ["pretrain"]},
+                            "resources": {"pretrain": {"tasks": 1, "gpus_per_node": 1}},
+                            "wandb": {"mode": "disabled"}, "pretrain": section})
+    cfg.base_dir = str(work)
+    validate(cfg)
+    return cfg
+
+
+def write_tokens(work: Path, tokens: int, seed: int = 0) -> Path:
+    """Random documents (uniform tokens) as a Megatron dataset: throughput does not care what they say."""
+    import numpy as np
+
+    from lmhpc.train.data import write_indexed_dataset
+
+    rng = np.random.default_rng(seed)
+    doc_len = 4096
+    docs = [rng.integers(3, VOCAB, size=doc_len) for _ in range(max(tokens // doc_len, 1))]
+    return write_indexed_dataset(work / "data" / "random", docs, VOCAB)
+
+
+def check_one(mode: str, args: argparse.Namespace, work: Path, prefix: Path) -> dict[str, Any]:
+    import torch
+
+    from lmhpc.context import StageContext
+    from lmhpc.train import stage as pretrain_stage
+
+    section = pretrain_section(mode, prefix, args.steps, args.seq_len, args.batch, not args.no_compile,
+                               args.activation_checkpointing)
+    cfg = run_config(section, work, f"gpu-check-{mode}")
+    ctx = StageContext(cfg=cfg, stage="pretrain")
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    stats = pretrain_stage.run(ctx)
+    return {"mode": mode, "tokens_per_s": stats["steady_tokens_per_s"], "mfu_pct": stats["mfu_pct"],
+            "tflops": stats["steady_tflops_per_device"], "final_loss": stats["final_loss"],
+            "params": stats["params"], "precision": stats["precision"],
+            "max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30, "seconds": round(time.time() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--modes", default="bf16,fp8")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if set(modes) - {"bf16", "fp8"}:
+        print("gpu_check_pretrain: --modes takes bf16 and/or fp8", file=sys.stderr)
+        return 2
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("gpu_check_pretrain: no CUDA GPU is visible (torch.cuda.is_available() is False); this check "
+              "trains a ~1B model on one GPU and cannot run on CPU. The CPU tests cover the same code "
+              "with tiny models.", file=sys.stderr)
+        return 2
+    name = torch.cuda.get_device_name()
+    cap = torch.cuda.get_device_capability()
+    if "fp8" in modes and cap < (8, 9):
+        print(f"gpu_check_pretrain: {name} (compute capability {cap[0]}.{cap[1]}) has no FP8 tensor cores; "
+              "skipping the fp8 run", file=sys.stderr)
+        modes = [m for m in modes if m != "fp8"]
+
+    import torch.distributed as dist
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lmhpc-gpu-check-") as tmp:
+        work = Path(tmp)
+        prefix = write_tokens(work, tokens=(args.steps + 10) * args.batch * (args.seq_len + 1))
+        for mode in modes:
+            print(f"== {mode}: {args.steps} steps of {args.batch} × {args.seq_len} tokens on {name}", flush=True)
+            results.append(check_one(mode, args, work, prefix))
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            torch.cuda.empty_cache()
+
+    print(f"\n{'mode':<6}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU %':>8}{'mem GiB':>9}{'loss':>8}")
+    for r in results:
+        mfu = f"{r['mfu_pct']:.1f}" if r["mfu_pct"] is not None else "n/a"
+        print(f"{r['mode']:<6}{r['tokens_per_s']:>12,.0f}{r['tflops']:>10.1f}{mfu:>8}"
+              f"{r['max_allocated_gib']:>9.1f}{r['final_loss']:>8.3f}")
+    print("MFU is against the dense BF16 peak of the GPU (fp8 runs included, labelled).")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"device": name, "capability": list(cap), "torch": torch.__version__,
+                                              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                              "results": results}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
