@@ -18,6 +18,7 @@ class TokenizerAnalysisConfig:
     heldout_mb: float = 2.0  # per source: held-out text (never trained on) the tokenizers are compared on
     per_source_tokenizers: bool = True  # also train one tokenizer per source alone, to compare against
     per_source_vocab_size: int = 0  # vocab of those tokenizers; 0: the main tokenizer's vocab_size
+    per_source_sample_mb: float = 10.0  # text each of those is trained on (at most; a small source gives less)
     top_tokens: int = 20  # how many of the most frequent tokens to list per source / language
 
 
@@ -93,6 +94,8 @@ class TokenizerConfig:
         a = self.analysis
         if a.heldout_mb < 0:
             raise ConfigError("tokenizer.analysis.heldout_mb", "must be >= 0")
+        if a.per_source_sample_mb <= 0:
+            raise ConfigError("tokenizer.analysis.per_source_sample_mb", "must be > 0")
         if a.per_source_vocab_size < 0:
             raise ConfigError("tokenizer.analysis.per_source_vocab_size", "must be >= 0")
         if a.per_source_vocab_size and a.per_source_vocab_size <= reserved:

@@ -6,9 +6,14 @@ the data. Each source gets a share of ``tokenizer.sample_mb`` by its weight; a s
 and the rest goes to the others. The first documents of each source (by key) are held out: the tokenizer
 never sees them, and the analysis measures it on them, next to a tokenizer trained on that source alone.
 
+Memory: the sample is held in memory, up to ``sample_mb + analysis.heldout_mb`` of text per source while
+reading (a source may have to give the whole sample when the others are small), so about
+``sources x (sample_mb + heldout_mb)`` at most, plus sentencepiece's own training state.
+
 Outputs in the stage folder: ``tokenizer.model``, ``tokenizer.vocab``, the Hugging Face files
-(``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``), ``sample.json`` (the sample's
-size and composition), ``analysis.md`` and, per source, ``analysis/<source>.model``.
+(``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json``), megatron-core's
+``tokenizer_metadata.json``, ``sample.json`` (the sample's size and composition), ``sample_ids.json`` (which
+documents were trained on and which held out), ``analysis.md`` and, per source, ``analysis/<source>.model``.
 """
 
 from __future__ import annotations
@@ -186,7 +191,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         held, train = split_prefix(docs, heldout_bytes[source], alloc.get(source, 0))
         heldout[source] = held
         train_docs.extend(train)
-        own_docs[source] = split_prefix(docs, heldout_bytes[source], sample_bytes)[1]
+        own_bytes = min(sample_bytes, int(cfg.analysis.per_source_sample_mb * MB))
+        own_docs[source] = split_prefix(docs, heldout_bytes[source], own_bytes)[1]
     train_docs.sort()
     if not train_docs:
         raise StageFailed(f"tokenizer: the sample is empty: no text in {len(shards)} shard(s) (weights {weights})")
