@@ -67,7 +67,7 @@ def load_sample(sample: Path, max_docs: int | None) -> list[Document]:
     from lmhpc.data.readers import read_documents
 
     docs: list[Document] = []
-    files = sorted(p for p in sample.rglob("*") if p.is_file() and (".jsonl" in p.name or ".warc" in p.name))
+    files = sorted(p for p in sample.glob("*/part-*") if p.is_file() and (".jsonl" in p.name or ".warc" in p.name))
     with tempfile.TemporaryDirectory() as tmp:
         for path in files:
             spec = InputSpec(path=str(path), source=path.parent.name, format="warc" if ".warc" in path.name else "auto")

@@ -8,8 +8,6 @@ earliest line). Sorting keys are ``(nq, key)`` with ``nq = -quality`` (``+inf`` 
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 # a dropped document, the document kept in its place, and the size of their group
 DROP = np.dtype([("key", "<u8"), ("kept", "<u8"), ("size", "<u8")])
@@ -51,6 +49,9 @@ def drops_of_sorted_groups(keys: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def components(a: np.ndarray, b: np.ndarray, nq_a: np.ndarray, nq_b: np.ndarray) -> np.ndarray:
     """Connected components of the graph with edges ``a[i] - b[i]`` (document keys, with the sort key
     ``nq`` of each end). Returns DROP records for every node but its component's keeper."""
+    from scipy.sparse import coo_matrix  # only rank 0 clusters: the other ranks skip this import
+    from scipy.sparse.csgraph import connected_components
+
     nodes, inverse = np.unique(np.concatenate([a, b]), return_inverse=True)
     n_nodes = len(nodes)
     if n_nodes == 0:
