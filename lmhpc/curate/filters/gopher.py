@@ -89,6 +89,9 @@ class GopherRepetitionFilter(ScoredFilter):
         self.dup_n_grams = sorted((int(n), f) for n, f in cfg.dup_n_grams.items())
 
     def measure(self, doc: TextView) -> dict[str, Any]:
+        """Scores in rule order, stopping at the first rule that fails (as the decision does): the
+        n-gram scans are skipped for documents already dropped. A later run with looser thresholds finds
+        the missing scores and measures again."""
         text = doc.text
         n_chars = len(text)
         if not n_chars:
@@ -104,15 +107,27 @@ class GopherRepetitionFilter(ScoredFilter):
             "dup_line_frac": line_dups / len(lines),
             "dup_line_char_frac": line_dup_chars / n_chars,
         }
+        if self._failed(scores):
+            return scores
         n_words = len(doc.words)
-        for n, _ in self.top_n_grams:
+        for n, frac in self.top_n_grams:
             scores[f"top_{n}_gram"] = top_ngram_chars(doc, n) / n_chars if n_words >= n else 0.0
+            if scores[f"top_{n}_gram"] > frac:
+                return scores
         repeats = True
-        for n, _ in self.dup_n_grams:  # ascending: once no n-gram repeats, no longer one does either
+        for n, frac in self.dup_n_grams:  # ascending: once no n-gram repeats, no longer one does either
             chars = duplicated_ngram_chars(doc, n) if repeats and n_words >= n else 0
             repeats = chars > 0
             scores[f"dup_{n}_gram"] = chars / n_chars
+            if scores[f"dup_{n}_gram"] > frac:
+                return scores
         return scores
+
+    def _failed(self, scores: dict[str, Any]) -> bool:
+        try:
+            return self.decide(scores) is not True
+        except KeyError:
+            return False  # not decided yet
 
     def decide(self, s: dict[str, Any]) -> FilterResult:
         c = self.cfg
