@@ -110,3 +110,13 @@ def test_classifier_filter_rejects_unknown_labels(tmp_path: Path) -> None:
     classifier.train([str(good)], [str(bad)], model, holdout=0.0, epoch=2)
     with pytest.raises(ValueError, match="not in"):
         ClassifierFilter(ClassifierFilterConfig(enabled=True, model=str(model), keep_labels={"great": 0.5}), model)
+
+
+def test_our_arpa_scoring_matches_kenlm(tmp_path: Path) -> None:
+    pytest.importorskip("kenlm")
+    path = tmp_path / "ref.arpa"
+    ngram_lm.train([prose(i) for i in range(40)], 3, path)
+    ours, theirs = ngram_lm.ArpaModel(path), ngram_lm.KenlmModel(path)
+    for text in (prose(500), GIBBERISH, "the river the river the"):
+        for tokens in ngram_lm.document_lines(text):
+            assert ours.score_sentence(tokens) == pytest.approx(theirs.score_sentence(tokens), abs=1e-3)
