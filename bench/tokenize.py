@@ -16,7 +16,8 @@ On the same documents and the same sentencepiece model (BPE, byte fallback), in 
   ``IndexedDatasetBuilder`` writing), labelled as such in the results.
 
 Throughput is UTF-8 text megabytes (10^6 bytes) and tokens per wall-clock second, start-up included for
-the commands. Results go to ``bench/results/tokenize.json``.
+the commands; the three run in interleaved rounds (``--repeat``) and the best round of each counts, since a
+shared machine's load changes from one measurement to the next. Results go to ``bench/results/tokenize.json``.
 
     .venv/bin/python bench/tokenize.py                          # ~30 MB built from this machine's files
     .venv/bin/python bench/tokenize.py --megatron-lm /path/to/Megatron-LM --megatron-pythonpath /path/to/deps
@@ -260,6 +261,7 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--threads", type=int, default=2, help="encode threads (and Megatron workers)")
     ap.add_argument("--shard-mb", type=float, default=8.0, help="uncompressed size of the built shards")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the best time of each counts")
     ap.add_argument("--megatron-lm", type=Path, default=None, help="a Megatron-LM checkout (tools/preprocess_data.py)")
     ap.add_argument("--megatron-pythonpath", default="", help="extra import path its imports need (e.g. triton)")
     ap.add_argument("--megatron-version", default=None, help="what the checkout is (when it is not a git clone)")
@@ -301,26 +303,30 @@ def main() -> int:
     config_path.write_text(yaml.safe_dump(config))
     cfg = load_config(config_path)
 
-    results: dict[str, dict] = {}
-    print("spm_limit ...", flush=True)
-    results["spm_limit"] = measure_spm_limit(model, [d.text for d in docs], cfg.tokenize.batch_docs,
-                                             int(cfg.tokenize.batch_mb * MB), args.threads)
-    print("lmhpc ...", flush=True)
-    results["lmhpc"] = measure_lmhpc(config_path, run_dir)
-    ours = [run_dir / "tokenize" / f"{safe_name(s)}" for s in sorted({d.source for d in docs})]
-    ours_tokens = np.concatenate([np.fromfile(f"{p}.bin", dtype=indexed.read_index(f"{p}.idx").dtype) for p in ours])
-
     jsonl = WORK / "megatron_input.jsonl"
     megatron_input(docs, jsonl)
-    if args.megatron_lm:
-        print("megatron_tool ...", flush=True)
-        peer = "megatron_tool"
-        results[peer] = measure_megatron_tool(args.megatron_lm.resolve(), args.megatron_pythonpath, model, jsonl,
-                                              WORK / "megatron_out", args.threads)
-    else:
-        print("megatron_core_builder (no Megatron-LM checkout given) ...", flush=True)
-        peer = "megatron_core_builder"
-        results[peer] = measure_core_builder(model, jsonl, WORK / "core_builder_out", args.threads)
+    texts = [d.text for d in docs]
+    peer = "megatron_tool" if args.megatron_lm else "megatron_core_builder"
+    measures = {
+        "spm_limit": lambda: measure_spm_limit(model, texts, cfg.tokenize.batch_docs, int(cfg.tokenize.batch_mb * MB),
+                                               args.threads),
+        "lmhpc": lambda: measure_lmhpc(config_path, run_dir),
+        "megatron_tool": lambda: measure_megatron_tool(args.megatron_lm.resolve(), args.megatron_pythonpath, model,
+                                                       jsonl, WORK / "megatron_out", args.threads),
+        "megatron_core_builder": lambda: measure_core_builder(model, jsonl, WORK / "core_builder_out", args.threads),
+    }
+    # interleaved rounds, best of each: the machine may be shared, and load changes between measurements
+    runs: dict[str, list[dict]] = {"spm_limit": [], "lmhpc": [], peer: []}
+    for round_ in range(args.repeat):
+        for name in runs:
+            print(f"round {round_ + 1}/{args.repeat}: {name} ...", flush=True)
+            r = measures[name]()
+            r["load_1min_after"] = round(os.getloadavg()[0], 2)
+            runs[name].append(r)
+    results = {name: dict(min(rs, key=lambda r: r["seconds"]), all_seconds=[round(r["seconds"], 3) for r in rs],
+                          all_load_1min_after=[r["load_1min_after"] for r in rs]) for name, rs in runs.items()}
+    ours = [run_dir / "tokenize" / f"{safe_name(s)}" for s in sorted({d.source for d in docs})]
+    ours_tokens = np.concatenate([np.fromfile(f"{p}.bin", dtype=indexed.read_index(f"{p}.idx").dtype) for p in ours])
     theirs = indexed.IndexedDatasetReader(results[peer]["prefix"])
     their_tokens = np.fromfile(f"{results[peer]['prefix']}.bin", dtype=theirs.index.dtype)
     same = bool(np.array_equal(ours_tokens.astype(np.int64), their_tokens.astype(np.int64)))
@@ -340,6 +346,7 @@ def main() -> int:
                   "source": args.input or f"built from this machine's files (--mb {args.mb})"},
         "tokenizer": {"type": "sentencepiece bpe, byte fallback", "vocab_size": args.vocab},
         "threads": args.threads,
+        "rounds": args.repeat,
         "results": table,
         "ratio_vs_spm_limit": round(table["lmhpc"]["mb_per_s"] / table["spm_limit"]["mb_per_s"], 3),
         f"ratio_vs_{peer}": round(table["lmhpc"]["mb_per_s"] / table[peer]["mb_per_s"], 3),

@@ -18,8 +18,7 @@ import sentencepiece as spm
 from lmhpc.data.documents import Document
 from lmhpc.runner import run_stage
 from lmhpc.tokenizer import indexed
-
-from .conftest import write_dedup_output
+from tests.tokenizer.corpus import write_dedup_output
 
 SOURCES = ("code", "license", "prose")
 
@@ -46,8 +45,7 @@ def tokenized(tmp_path_factory, trained_run):
     import shutil
 
     from lmhpc.config import load_config
-
-    from .conftest import config_data, write_config
+    from tests.tokenizer.corpus import config_data, write_config
 
     base = tmp_path_factory.mktemp("tokenized")
     cfg = load_config(write_config(base / "c.yaml", config_data(base / "runs")))

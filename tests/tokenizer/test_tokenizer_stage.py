@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from lmhpc.config import load_config
 from lmhpc.runner import run_stage
 from lmhpc.tokenizer.hf_export import BYTE, CONTROL, NORMAL, USER_DEFINED, read_proto
-
-from .conftest import TOKENIZER_SECTION, config_data, write_config, write_dedup_output
+from tests.tokenizer.corpus import TOKENIZER_SECTION, config_data, write_config, write_dedup_output
 
 SPACE_SYMBOL = "\u2581"
 
