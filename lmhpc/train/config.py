@@ -19,7 +19,8 @@ class ParallelConfig:
     """Sizes of the device mesh ``pp × dp_replicate × dp_shard × cp × tp`` (their product is the world size).
 
     - ``dp_shard > 1`` (or ``cp > 1``): FSDP2 over ``dp_shard × cp``; with ``dp_replicate > 1`` too: HSDP.
-    - ``dp_replicate > 1`` alone: DDP.
+    - ``dp_replicate > 1`` alone: DDP (FSDP2 over those ranks when ``pp > 1``: DDP cannot follow a pipeline schedule).
+    - ``tp > 1`` always comes with sequence parallel in this backend.
     - ``tp``: tensor parallel (+ sequence parallel); ``pp``: pipeline stages; ``cp``: context parallel.
     """
 
@@ -241,6 +242,9 @@ class PretrainConfig:
                 fail("parallel.tp", "Mamba layers are not tensor-parallel in this backend")
             if t.fp8:
                 fail("train.fp8", "float8 with tensor parallel is not supported by this backend (use tp = 1)")
+            if not r.sequence_parallel:
+                fail("parallel.sequence_parallel", "tensor parallel without sequence parallel is not supported "
+                     "by this backend (replicated norm gains would mix plain tensors and DTensors)")
             if r.dp_replicate > 1 and r.dp_shard == 1:
                 fail("parallel.dp_replicate", "with tp > 1, data parallelism is FSDP/HSDP: set dp_shard > 1")
         if m.tie_embeddings and (r.tp > 1 or r.pp > 1):

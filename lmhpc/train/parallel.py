@@ -309,9 +309,13 @@ def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, devi
         apply_activation_checkpointing(model)
     if train.compile:
         apply_compile(model)
-    if cfg.dp_shard > 1 or cfg.cp > 1:
+    if cfg.dp_shard > 1 or cfg.cp > 1 or (cfg.dp_replicate > 1 and cfg.pp > 1):
+        # DDP's reducer cannot follow a pipeline schedule's interleaved micro-batches: with pp > 1,
+        # plain data parallelism (dp_replicate alone) is FSDP2 over the dp_replicate ranks
         shard = dims.submesh(("dp_shard", "cp"), "dp_shard_cp")
-        if cfg.dp_replicate > 1:
+        if shard is None:
+            mesh = dims.submesh(("dp_replicate",))
+        elif cfg.dp_replicate > 1:
             names = ("dp_replicate", "dp_shard_cp") if cfg.dp_shard > 1 and cfg.cp > 1 else \
                 tuple(n for n in ("dp_replicate", "dp_shard", "cp") if dims.size(n) > 1)
             mesh = dims.mesh[names]

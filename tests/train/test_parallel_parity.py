@@ -18,33 +18,56 @@ def _section(parallel: dict, micro_batch_size: int, **extra) -> dict:
     return tiny_pretrain(train={"steps": STEPS, "micro_batch_size": micro_batch_size}, parallel=parallel, **extra)
 
 
-@pytest.fixture(scope="module")
+_references: dict[int, list[float]] = {}
+
+
+@pytest.fixture
 def reference_losses(tmp_path_factory, prepared_inputs):
-    """One process, global batch of 4 sequences."""
+    """``reference_losses(n_layers)``: one process, global batch of 4 sequences (computed once per size)."""
     from tests.train.conftest import PretrainRun
 
-    run = PretrainRun(tmp_path_factory.mktemp("ref"), prepared_inputs, "ref", _section({}, 4), 1)
-    assert run.run() == [0], run.logs()
-    losses = run.losses()
-    assert len(losses) == STEPS and losses[-1] < losses[0]
-    return losses
+    def _get(n_layers: int = 2) -> list[float]:
+        if n_layers not in _references:
+            run = PretrainRun(tmp_path_factory.mktemp("ref"), prepared_inputs, "ref",
+                              _section({}, 4, model={"n_layers": n_layers}), 1)
+            assert run.run() == [0], run.logs()
+            losses = run.losses()
+            assert len(losses) == STEPS and losses[-1] < losses[0]
+            _references[n_layers] = losses
+        return _references[n_layers]
+
+    return _get
 
 
+# name: (parallel section, micro-batch size per data-parallel rank, world size, model overrides)
 LAYOUTS = {
-    "dp2": ({"dp_replicate": 2, "dp_shard": 1}, 2, 2),
-    "fsdp2": ({"dp_shard": 2}, 2, 2),
-    "tp2_sp": ({"tp": 2, "sequence_parallel": True}, 4, 2),
-    "pp2_1f1b": ({"pp": 2, "pp_microbatches": 2}, 4, 2),
-    "cp2": ({"cp": 2}, 4, 2),
-    "fsdp2_tp2": ({"dp_shard": 2, "tp": 2}, 2, 4),
+    "dp2": ({"dp_replicate": 2, "dp_shard": 1}, 2, 2, {}),
+    "fsdp2": ({"dp_shard": 2}, 2, 2, {}),
+    "tp2_sp": ({"tp": 2, "sequence_parallel": True}, 4, 2, {}),
+    "pp2_1f1b": ({"pp": 2, "pp_microbatches": 2}, 4, 2, {}),
+    "cp2": ({"cp": 2}, 4, 2, {}),
+    "fsdp2_tp2": ({"dp_shard": 2, "tp": 2}, 2, 4, {}),
 }
+SLOW_LAYOUTS = {
+    "pp2_gpipe": ({"pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 4}, 4, 2, {}),
+    "pp2_interleaved": ({"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_stages_per_rank": 2,
+                         "pp_microbatches": 2}, 4, 2, {"n_layers": 4}),
+    "hsdp_2x2": ({"dp_replicate": 2, "dp_shard": 2}, 1, 4, {}),
+    "pp2_fsdp2": ({"pp": 2, "dp_shard": 2, "pp_microbatches": 2}, 2, 4, {}),
+    "pp2_dp2": ({"pp": 2, "dp_replicate": 2, "dp_shard": 1, "pp_microbatches": 2}, 2, 4, {}),
+    "cp2_tp2": ({"cp": 2, "tp": 2}, 4, 4, {}),
+    "cp2_fsdp2": ({"cp": 2, "dp_shard": 2}, 2, 4, {}),
+}
+PARAMS = [pytest.param(n, id=n) for n in LAYOUTS] + \
+    [pytest.param(n, id=n, marks=pytest.mark.slow) for n in SLOW_LAYOUTS]
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("name", PARAMS)
 def test_layout_matches_single_process(name, pretrain_run, reference_losses):
-    parallel, mbs, world = LAYOUTS[name]
-    run = pretrain_run(name, _section(parallel, mbs), world)
+    parallel, mbs, world, model = {**LAYOUTS, **SLOW_LAYOUTS}[name]
+    run = pretrain_run(name, _section(parallel, mbs, model=model), world)
     assert run.run() == [0] * world, run.logs()
     losses = run.losses()
     assert len(losses) == STEPS
-    assert losses == pytest.approx(reference_losses, rel=RTOL), (name, losses, reference_losses)
+    reference = reference_losses(model.get("n_layers", 2))
+    assert losses == pytest.approx(reference, rel=RTOL), (name, losses, reference)
