@@ -1,0 +1,57 @@
+"""Preemption on the real SLURM cluster: two torch tasks under srun (submitit's
+TorchDistributedEnvironment), USR2 from ``scancel --signal``; the stage saves, rank 0 runs
+``scontrol requeue``, the requeued job resumes and the loss curve equals an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmhpc.train.checkpoint import complete_steps
+from tests.slurm.conftest import slurm_cluster  # noqa: F401  (the fixture)
+from tests.train.fixtures import tiny_pretrain
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.xdist_group("slurm")]
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 150
+
+
+def test_usr2_requeue_resumes_with_identical_losses(slurm_cluster, pretrain_run):  # noqa: F811
+    section = tiny_pretrain(train={"steps": STEPS, "micro_batch_size": 4}, parallel={"dp_shard": 2},
+                            checkpoint={"interval": 50})
+    reference = pretrain_run("local2", section, world=2)
+    assert reference.run() == [0, 0], reference.logs()
+
+    run = pretrain_run("slurm2", section, world=2)
+    data = yaml.safe_load(run.config.read_text())
+    data["executor"] = {"kind": "slurm", "partition": "debug", "signal_delay_s": 30,
+                        "env": {"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}}
+    data["resources"]["pretrain"].update({"timeout_min": 20, "mem_gb": 4, "cpus_per_task": 1})
+    run.config.write_text(yaml.safe_dump(data))
+    env = {**slurm_cluster.env, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "lmhpc", "run", str(run.config), "--executor", "slurm"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = json.loads((run.run_dir / "pipeline.json").read_text())["stages"]["pretrain"]["job_ids"][0]
+    metrics = run.stage_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        time.sleep(0.05)
+    rows_before = len(metrics.read_text().splitlines())
+    assert 5 <= rows_before < STEPS, "the job finished before it could be signalled"
+    slurm_cluster.run("scancel", "--signal=USR2", job)
+    states = slurm_cluster.wait_final(job, timeout=600)
+    assert states[job].state == "COMPLETED", states
+    history = slurm_cluster.sacct(job, duplicates=True)
+    assert any(r.state in ("REQUEUED", "PREEMPTED") for r in history), history
+    log = "".join(p.read_text() for p in (run.run_dir / "slurm" / "pretrain").rglob("*.out"))
+    assert "requeueing SLURM job" in log and "resumed from checkpoint step" in log
+    assert (run.stage_dir / "DONE").exists()
+    assert complete_steps(run.stage_dir / "checkpoints")[-1] == STEPS
+    assert run.losses() == reference.losses()
