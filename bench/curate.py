@@ -19,22 +19,26 @@ the local executor, for the scaling figure. Results go to ``bench/results/curate
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import glob
-import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
-import time
-from collections import Counter
-from importlib.metadata import version
 from pathlib import Path
-from typing import Any
 
-import yaml
+# bench/ holds scripts named like standard modules (tokenize.py): keep it off the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from importlib.metadata import version  # noqa: E402
+from typing import Any  # noqa: E402
+
+import yaml  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

@@ -1,11 +1,8 @@
 """Shared, lazily computed views of a document's text: lines, paragraphs, words, n-gram hashes.
 
 Every heuristic filter asks its questions of one :class:`TextView`, so a document is split into lines,
-paragraphs and words once, whichever filters run. Words follow the rules of a blank English spaCy
-tokenizer closely (punctuation split off, clitics such as ``'s``/``'re`` separated, ``...`` and ``--``
-kept whole, numbers like ``3.14``/``1,000``, URLs and e-mail addresses kept whole) with one compiled
-regular expression. One difference that changes no statistic: ``don't`` splits as ``don`` + ``'t``
-where spaCy writes ``do`` + ``n't`` (same number of words, same characters).
+paragraphs and words once, whichever filters run. Words follow spaCy's English rules
+(:mod:`lmhpc.curate.filters.words`), as datatrove's filters see them.
 """
 
 from __future__ import annotations
@@ -15,7 +12,10 @@ from functools import cached_property
 
 import numpy as np
 
+from lmhpc.curate.filters.words import split_words
 from lmhpc.data.documents import Document
+
+__all__ = ["TERMINAL_PUNCTUATION", "TextView", "split_words"]
 
 # Unicode's Sentence_Terminal property (the characters that may end a sentence in any script).
 TERMINAL_PUNCTUATION = (
@@ -36,33 +36,22 @@ TERMINAL_PUNCTUATION = (
     "\U00016d6f\U00016e98\U0001bc9f\U0001da88"
 )
 TERMINAL_PUNCTUATION_TUPLE = tuple(TERMINAL_PUNCTUATION)
-
-# a word: letter/digit runs joined by _ . , (DIR_MODE, 3.14, 1,000) or by a hyphen before a digit
-# (GPL-2, bash-5.0); a hyphen between letters splits (well - known). Leading - -- / + stay attached
-# (-p, --help, /usr, +0100), and single letters with a dot (a., b.) stay whole, as in spaCy.
-_WORD = r"(?:(?<!\S)(?:--?|/|\+))?[^\W_]+(?:(?:[_.,]|-(?=\d))[^\W_]+)*"
-_LETTER_DOT = r"(?<![^\s(\[])[A-Za-z]\.(?![^\W_])"
-_URL_TAIL = r"[^\s<>\"']*[^\s<>\"'.,;:!?)\]]"
-WORD_PATTERN = re.compile(
-    r"(?:https?|ftp)://" + _URL_TAIL + r"|www\." + _URL_TAIL  # URLs
-    + r"|(?<=[^\W_])'(?:[sdmtSDMT]|re|RE|ll|LL|ve|VE)\b"  # clitics: it|'s, we|'re, don|'t
-    + r"|" + _LETTER_DOT
-    + r"|" + _WORD + r"(?:@[\w-]+(?:\.[\w-]+)+)?"  # words, numbers (3.14, 1,000), e-mail addresses
-    + r"|\.{2,}|-{2,}|\S"  # ellipsis and dash runs, else one symbol
+# characters that make a token a symbol rather than a word when it holds nothing else
+SYMBOL_CHARS = frozenset(
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+    "—–”“„’´«»…、。，；：？！（）【】《》〈〉「」％～．►━∶１"
+    + "".join(chr(c) for c in (*range(0, 9), *range(11, 32), *range(127, 160)))
+    + TERMINAL_PUNCTUATION
 )
+
 _PARAGRAPH_SPLIT = re.compile(r"\n{2,}")
 _LINE_SPLIT = re.compile(r"\n+")
 _HASH_BASE = np.uint64(0x9E3779B97F4A7C15)
 
 
-def split_words(text: str) -> list[str]:
-    """The words and symbols of ``text``, in order (see the module docstring for the rules)."""
-    return WORD_PATTERN.findall(text)
-
-
 def is_symbol_word(word: str) -> bool:
-    """True for a token with no letter or digit (punctuation, symbols)."""
-    return not word[-1].isalnum() and not any(c.isalnum() for c in word)
+    """True for a token made of punctuation and symbol characters only."""
+    return word[-1] in SYMBOL_CHARS and all(c in SYMBOL_CHARS for c in word)
 
 
 class TextView:
@@ -128,8 +117,9 @@ class TextView:
 
     @cached_property
     def content_words(self) -> list[str]:
-        """Words holding at least one letter or digit."""
-        return [w for w in self.words if w[-1].isalnum() or not is_symbol_word(w)]
+        """Words holding something other than punctuation (see :data:`SYMBOL_CHARS`)."""
+        symbols = SYMBOL_CHARS
+        return [w for w in self.words if w[-1] not in symbols or not all(c in symbols for c in w)]
 
     @cached_property
     def word_lengths(self) -> np.ndarray:
