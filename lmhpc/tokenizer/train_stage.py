@@ -189,6 +189,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for source in sorted(read.samples):
         docs = read.samples[source].docs()
         held, train = split_prefix(docs, heldout_bytes[source], alloc.get(source, 0))
+        if held and not train and alloc.get(source, 0) > 0:  # too few documents to hold any out
+            held, train = [], split_prefix(docs, alloc[source], 0)[0]
         heldout[source] = held
         train_docs.extend(train)
         own_bytes = min(sample_bytes, int(cfg.analysis.per_source_sample_mb * MB))

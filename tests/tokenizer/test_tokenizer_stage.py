@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lmhpc.config import load_config
+from lmhpc.data.documents import Document
 from lmhpc.runner import run_stage
 from lmhpc.tokenizer.hf_export import BYTE, CONTROL, NORMAL, USER_DEFINED, read_proto
 from tests.tokenizer.corpus import TOKENIZER_SECTION, config_data, write_config, write_dedup_output
@@ -194,3 +195,15 @@ def test_config_validation(tmp_path):
         path = write_config(tmp_path / "bad.yaml", config_data(tmp_path / "runs", **section))
         with pytest.raises(ConfigError, match=match):
             load_config(path)
+
+
+def test_a_one_document_source_is_trained_on_not_held_out(tmp_path, corpus_docs):
+    analysis = {**TOKENIZER_SECTION["analysis"], "per_source_tokenizers": False}
+    cfg = load_config(write_config(tmp_path / "c.yaml", config_data(tmp_path / "runs",
+                                                                       tokenizer={"analysis": analysis})))
+    tiny = Document(id="tiny/0", text="A single small document from a source of its own.", source="tiny")
+    write_dedup_output(cfg.run_dir, [*corpus_docs, tiny], shards=2)
+    assert run_stage(cfg, "tokenizer") == 0
+    sample = json.loads((cfg.run_dir / "tokenizer" / "sample.json").read_text())
+    assert sample["by_source"]["tiny"]["docs"] == 1 and sample["by_source"]["tiny"]["heldout_bytes"] == 0
+    assert "tiny/0" in json.loads((cfg.run_dir / "tokenizer" / "sample_ids.json").read_text())["train"]
