@@ -40,15 +40,16 @@ def reference_losses(tmp_path_factory, prepared_inputs):
 
 
 # name: (parallel section, micro-batch size per data-parallel rank, world size, model overrides)
+# the quick set covers FSDP, TP+SP, PP and CP; the slow set (run in CI) every layout on its own too
 LAYOUTS = {
+    "fsdp2_tp2": ({"dp_shard": 2, "tp": 2}, 2, 4, {}),
+    "pp2_1f1b": ({"pp": 2, "pp_microbatches": 2}, 4, 2, {}),
+    "cp2": ({"cp": 2}, 4, 2, {}),
+}
+SLOW_LAYOUTS = {
     "dp2": ({"dp_replicate": 2, "dp_shard": 1}, 2, 2, {}),
     "fsdp2": ({"dp_shard": 2}, 2, 2, {}),
     "tp2_sp": ({"tp": 2, "sequence_parallel": True}, 4, 2, {}),
-    "pp2_1f1b": ({"pp": 2, "pp_microbatches": 2}, 4, 2, {}),
-    "cp2": ({"cp": 2}, 4, 2, {}),
-    "fsdp2_tp2": ({"dp_shard": 2, "tp": 2}, 2, 4, {}),
-}
-SLOW_LAYOUTS = {
     "pp2_gpipe": ({"pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 4}, 4, 2, {}),
     "pp2_interleaved": ({"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_stages_per_rank": 2,
                          "pp_microbatches": 2}, 4, 2, {"n_layers": 4}),
