@@ -111,7 +111,7 @@ class LanguageFilterConfig:
     languages: list[str] = field(default_factory=list)  # ISO 639-1 codes to keep; empty: any
     min_score: float = 0.0
     min_score_per_language: dict[str, float] = field(default_factory=dict)
-    max_chars: int = 3000  # identify on the first characters only
+    max_chars: int = 2000  # identify on the first characters only
 
     def validate_at(self, key: str) -> None:
         _check_fraction(f"{key}.min_score", self.min_score)

@@ -99,6 +99,7 @@ _CONTRACTIONS = (
 )
 CONTRACTIONS = {k: v.split("|") for k, v in (item.split(":") for item in "".join(_CONTRACTIONS).split())}
 CONTRACTIONS.update({k.title(): [v[0].title(), *v[1:]] for k, v in list(CONTRACTIONS.items())})
+_LONGEST_SUFFIX = 6  # characters: "mbar", "km³", "US$" and one-character marks all fit
 _SIMPLE_SUFFIXES = frozenset(",;:!?)]}\"'")
 _ALPHA_ONLY = re.compile(r"[^\W\d_]+$")
 
@@ -134,10 +135,20 @@ def _special(s: str) -> list[str] | None:
         return [s]
     if s in CONTRACTIONS:
         return CONTRACTIONS[s]
-    m = CLITIC.match(s)
-    if m and _ALPHA_ONLY.match(m.group(1)):
-        return [m.group(1), m.group(2)]
+    if "'" in s or "’" in s:
+        m = CLITIC.match(s)
+        if m and _ALPHA_ONLY.match(m.group(1)):
+            return [m.group(1), m.group(2)]
     return None
+
+
+def _suffix_length(s: str) -> int:
+    """Length of the suffix at the end of ``s`` (0 if none). Suffixes are short, so only the tail is
+    searched, except for a run of dots, which is one suffix however long."""
+    if s.endswith(".."):
+        return len(s) - len(s.rstrip("."))
+    m = SUFFIX.search(s, max(0, len(s) - _LONGEST_SUFFIX))
+    return len(s) - m.start() if m else 0
 
 
 def _split_chunk(chunk: str) -> list[str]:
@@ -158,9 +169,7 @@ def _split_chunk(chunk: str) -> list[str]:
                 prefixes.append(s[:pre_len])
                 s = s[pre_len:]
                 break
-        rest = s[pre_len:] if pre_len else s
-        suf = SUFFIX.search(rest)
-        suf_len = len(rest) - suf.start() if suf else 0
+        suf_len = _suffix_length(s[pre_len:] if pre_len else s)
         if suf_len and len(s) > suf_len:
             special = _special(s[: len(s) - suf_len])
             if special is not None:
