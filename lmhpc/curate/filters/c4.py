@@ -9,6 +9,7 @@ stripped. The document is dropped for "lorem ipsum", a curly bracket, or fewer t
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from lmhpc.curate.filters.base import FilterResult, ScoredFilter
@@ -17,8 +18,24 @@ from lmhpc.curate.filters.text import TextView
 
 CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 END_PUNCTUATION = (".", "?", "!", '"', "'")
-# a sentence ends at a lone terminal mark (not inside 3.14, not an ellipsis) followed by more words
-SENTENCE_BREAK = re.compile(r"(?:[!?\u3002\uff01\uff1f]|(?<!\.)\.(?!\.)(?!(?<=[^\W_]\.)[^\W_]))[^\w\n]*(?=[^\W_])")
+def _marks_class() -> str:
+    """A character class of the combining marks of the Basic Multilingual Plane."""
+    ranges: list[tuple[int, int]] = []
+    for code in range(0x300, 0x10000):
+        if unicodedata.category(chr(code))[0] == "M":
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return "[" + "".join(f"\\u{a:04x}-\\u{b:04x}" for a, b in ranges) + "]"
+
+
+# A sentence ends at a terminal mark standing as a word of its own (not inside 3.14 or after a combining
+# mark, not an ellipsis) followed by more words, as spaCy's sentencizer sees it.
+_TERMINALS = "!?\u0589\u061f\u06d4\u0964\u0965\u104a\u104b\u1362\u1367\u1368\u17d4\u17d5\u3002\uff01\uff0e\uff1f"
+SENTENCE_BREAK = re.compile(
+    rf"(?:[{_TERMINALS}]|(?<!\.)(?<!{_marks_class()})\.(?!\.)(?!(?<=[^\W_]\.)[^\W_]))[^\w\n]*(?=[^\W_])"
+)
 
 
 def count_sentences(line: str) -> int:
