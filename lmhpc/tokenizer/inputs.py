@@ -11,6 +11,7 @@ from lmhpc.data.documents import Document
 from lmhpc.runner import StageFailed
 
 INPUT_STAGE = "dedup"
+MODEL_NAME = "tokenizer"  # the tokenizer stage writes <stage>/tokenizer.model, .vocab
 UNKNOWN_LANGUAGE = "unknown"
 
 

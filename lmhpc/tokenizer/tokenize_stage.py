@@ -37,8 +37,14 @@ from lmhpc.runner import StageFailed, unit_marker
 from lmhpc.tokenizer import indexed
 from lmhpc.tokenizer.analysis import TokenTally, format_table, summarize_tally
 from lmhpc.tokenizer.blend import blend_entries, write_blend
-from lmhpc.tokenizer.inputs import document_language, input_shards, safe_name, source_weights, threads_for
-from lmhpc.tokenizer.train_stage import MODEL_NAME
+from lmhpc.tokenizer.inputs import (
+    MODEL_NAME,
+    document_language,
+    input_shards,
+    safe_name,
+    source_weights,
+    threads_for,
+)
 from lmhpc.tokenizer.training import ModelFacts, model_facts
 
 SHARDS_DIR = "shards"

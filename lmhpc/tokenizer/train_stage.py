@@ -35,11 +35,17 @@ from lmhpc.runner import StageFailed
 from lmhpc.tokenizer.analysis import TokenTally, format_table, summarize_tally
 from lmhpc.tokenizer.config import TokenizerConfig
 from lmhpc.tokenizer.hf_export import write_hf_tokenizer
-from lmhpc.tokenizer.inputs import document_language, input_shards, safe_name, source_weights, threads_for
+from lmhpc.tokenizer.inputs import (
+    MODEL_NAME,
+    document_language,
+    input_shards,
+    safe_name,
+    source_weights,
+    threads_for,
+)
 from lmhpc.tokenizer.sampling import BottomKSample, SampledDoc, allocate, doc_key, split_prefix, training_lines
 from lmhpc.tokenizer.training import VocabSizeError, load, model_facts, train_model
 
-MODEL_NAME = "tokenizer"
 MB = 1_000_000
 
 
