@@ -61,18 +61,19 @@ def pretrain_section(args: argparse.Namespace, prefix: Path) -> dict:
     }
 
 
-def run_ours(section: dict, work: Path, round_id: int) -> float:
-    """The stage's run(ctx) (what ``lmhpc stage pretrain`` calls), in this process; steady tokens/s."""
+def run_ours(section: dict, work: Path, round_id: int) -> tuple[float, float]:
+    """The stage's run(ctx) (what ``lmhpc stage pretrain`` calls), in this process: steady tokens per
+    wall second and per CPU second."""
     cfg = build(RunConfig, {"run": {"name": f"bench-{round_id}", "runs_dir": str(work / "runs"),
                                     "stages": ["pretrain"]}, "pretrain": section})
     cfg.base_dir = str(work)
     ctx = StageContext(cfg=cfg, stage="pretrain")
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     stats = pretrain_stage.run(ctx)
-    return float(stats["steady_tokens_per_s"])
+    return float(stats["steady_tokens_per_s"]), float(stats["steady_tokens_per_cpu_s"])
 
 
-def run_bare(pcfg: PretrainConfig, tokens: torch.Tensor) -> float:
+def run_bare(pcfg: PretrainConfig, tokens: torch.Tensor) -> tuple[float, float]:
     """The minimal loop: same model, init, batch, optimizer and clipping; tokens already in memory."""
     args = dataclasses.replace(pcfg.model, vocab_size=VOCAB)
     torch.manual_seed(pcfg.train.seed)
@@ -80,9 +81,9 @@ def run_bare(pcfg: PretrainConfig, tokens: torch.Tensor) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=pcfg.optimizer.lr, betas=tuple(pcfg.optimizer.betas),
                             weight_decay=pcfg.optimizer.weight_decay, foreach=True)
     batch, seq = pcfg.train.micro_batch_size, pcfg.train.seq_len
-    seconds, n = 0.0, 0
+    seconds, cpu_seconds, n = 0.0, 0.0, 0
     for step in range(pcfg.train.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sample = tokens[(step * batch) % (len(tokens) - batch):][:batch]
         opt.zero_grad(set_to_none=True)
         logits = model(sample[:, :-1])
@@ -93,8 +94,9 @@ def run_bare(pcfg: PretrainConfig, tokens: torch.Tensor) -> float:
         loss.item()
         if step > 0:
             seconds += time.perf_counter() - t0
+            cpu_seconds += time.process_time() - c0
             n += 1
-    return n * batch * seq / seconds
+    return n * batch * seq / seconds, n * batch * seq / cpu_seconds
 
 
 def versions() -> dict[str, str]:
@@ -122,16 +124,16 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both loops")
-    p.add_argument("--quick", action="store_true", help="dim 128, seq 128, 12 steps, 2 rounds")
+    p.add_argument("--quick", action="store_true", help="dim 128, seq 64, 10 steps, 2 rounds")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "pretrain.json"))
     args = p.parse_args()
     if args.quick:
-        args.dim, args.seq_len, args.steps, args.rounds = 128, 128, 12, 2
+        args.dim, args.seq_len, args.steps, args.rounds = 128, 64, 10, 2
     torch.set_num_threads(args.threads)
     load_before = list(os.getloadavg())
 
@@ -151,23 +153,31 @@ def main() -> int:
             for r in range(args.rounds):
                 ours.append(run_ours(section, work, r))
                 bare.append(run_bare(pcfg, tokens))
-                print(f"round {r + 1}/{args.rounds}: lmhpc {ours[-1]:,.0f} tok/s   bare loop {bare[-1]:,.0f} tok/s",
-                      flush=True)
+                print(f"round {r + 1}/{args.rounds}: lmhpc {ours[-1][0]:,.0f} tok/s ({ours[-1][1]:,.0f} per CPU s)   "
+                      f"bare loop {bare[-1][0]:,.0f} tok/s ({bare[-1][1]:,.0f} per CPU s)", flush=True)
         finally:
             dist.destroy_process_group()
 
-    ours_med, bare_med = statistics.median(ours), statistics.median(bare)
-    ratio = ours_med / bare_med
+    wall = {"lmhpc": statistics.median(x[0] for x in ours), "bare": statistics.median(x[0] for x in bare)}
+    cpu = {"lmhpc": statistics.median(x[1] for x in ours), "bare": statistics.median(x[1] for x in bare)}
+    ratio_cpu = cpu["lmhpc"] / cpu["bare"]
+    ratio_wall = wall["lmhpc"] / wall["bare"]
     result = {
         "name": "pretrain",
-        "what": "CPU training tokens/s: the pretrain stage's loop vs a bare PyTorch loop, same model and batch",
+        "what": "CPU training throughput: the pretrain stage's loop vs a bare PyTorch loop, same model and batch",
         "figures": {
-            "lmhpc_tokens_per_s": round(ours_med, 1),
-            "bare_loop_tokens_per_s": round(bare_med, 1),
-            "lmhpc_rounds": [round(x, 1) for x in ours],
-            "bare_loop_rounds": [round(x, 1) for x in bare],
+            "lmhpc_tokens_per_cpu_s": round(cpu["lmhpc"], 1),
+            "bare_loop_tokens_per_cpu_s": round(cpu["bare"], 1),
+            "lmhpc_tokens_per_s_wall": round(wall["lmhpc"], 1),
+            "bare_loop_tokens_per_s_wall": round(wall["bare"], 1),
+            "ratio_wall_clock": round(ratio_wall, 4),
+            "lmhpc_rounds_wall_cpu": [[round(a, 1), round(b, 1)] for a, b in ours],
+            "bare_loop_rounds_wall_cpu": [[round(a, 1), round(b, 1)] for a, b in bare],
         },
-        "ratio_vs_bare_loop": round(ratio, 4),
+        "ratio_vs_bare_loop": round(ratio_cpu, 4),
+        "ratio_basis": "medians of tokens per CPU-second of the process (single-threaded torch); wall-clock "
+                       "tokens/s swing with the load other processes put on the shared cores, so it is "
+                       "reported beside it (ratio_wall_clock) but not used for the ratio",
         "goal": ">= 0.95",
         "config": {"dim": args.dim, "layers": args.layers, "heads": args.heads, "kv_heads": args.heads // 2,
                    "seq_len": args.seq_len, "micro_batch": args.batch, "vocab": VOCAB, "steps": args.steps,
@@ -177,8 +187,11 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": "python bench/pretrain.py" + (" --quick" if args.quick else ""),
     }
-    print(f"\n{'':<12}{'tokens/s':>12}\n{'lmhpc':<12}{ours_med:>12,.0f}\n{'bare loop':<12}{bare_med:>12,.0f}\n"
-          f"ratio_vs_bare_loop = {ratio:.3f}  (goal >= 0.95; load avg {result['machine']['load_avg_1_5_15']})")
+    print(f"\n{'':<12}{'tok/CPU-s':>12}{'tok/s wall':>12}\n"
+          f"{'lmhpc':<12}{cpu['lmhpc']:>12,.0f}{wall['lmhpc']:>12,.0f}\n"
+          f"{'bare loop':<12}{cpu['bare']:>12,.0f}{wall['bare']:>12,.0f}\n"
+          f"ratio_vs_bare_loop = {ratio_cpu:.3f} (CPU time; wall clock {ratio_wall:.3f}); goal >= 0.95; "
+          f"load avg {result['machine']['load_avg_1_5_15']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -164,11 +164,11 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     tokens_per_step = global_batch * cfg.train.seq_len
     log.info("pretrain: %s params, %.3g FLOPs/token, mesh %s, global batch %d × %d tokens, steps %d→%d on %s",
              f"{n_params:,}", fpt, _mesh_text(dims), global_batch, cfg.train.seq_len, step, cfg.train.steps, device)
-    train_seconds, timed_steps, timed_tokens = 0.0, 0, 0
+    train_seconds, train_cpu_seconds, timed_steps, timed_tokens = 0.0, 0.0, 0, 0
     last: dict[str, Any] = {}
     try:
         while step < cfg.train.steps:
-            iteration_start = time.perf_counter()
+            iteration_start, iteration_cpu = time.perf_counter(), time.process_time()
             # the ranks agree on the preemption flag in the step's first collective (ctx.should_stop()
             # is this rank's flag; any rank's flag stops them all)
             prepared, stop = trainer.prepare_step(data_step, ctx.should_stop())
@@ -206,6 +206,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                     ctx.tracker.log({**last, "memory": memory_stats(device)}, step=step)
             if step > start_step + 1:  # whole iterations but checkpoint saves; the first pays for warm-up
                 train_seconds += time.perf_counter() - iteration_start
+                train_cpu_seconds += time.process_time() - iteration_cpu
                 timed_steps += 1
                 timed_tokens += tokens_per_step
             if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0 and step < cfg.train.steps:
@@ -238,6 +239,9 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
         "steady_tokens_per_s": steady.get("tokens_per_s"),
         "steady_tokens_per_s_per_device": steady.get("tokens_per_s_per_device"),
         "steady_tflops_per_device": steady.get("tflops_per_device"),
+        # tokens per second of this process's CPU time (all its threads): load from other processes
+        # on a shared machine does not change it, unlike wall-clock tokens/s
+        "steady_tokens_per_cpu_s": timed_tokens / world / train_cpu_seconds if train_cpu_seconds else None,
         "mfu_pct": steady.get("mfu_pct"),
         "spikes_skipped": trainer.guard.skipped,
         "rollbacks": trainer.guard.rollbacks,

@@ -59,3 +59,22 @@ def test_local_run_logs_to_wandb_offline(pretrain_run, repo_root):
     history = [row for row in read_history(runs[0]) if "loss" in row]
     assert [row["_step"] for row in history] == [1, 2, 3, 4, 5, 6]
     assert "moe/layer1/load/expert0" in history[-1] and "tokens_per_s" in history[-1]
+
+
+def _losses_in_process(pretrain_run, name: str, **train) -> list[float]:
+    run = pretrain_run(name, tiny_pretrain(train={"steps": 5, **train}))
+    assert run_stage(load_config(run.config), "pretrain") == 0
+    return run.losses()
+
+
+def test_activation_checkpointing_recomputes_the_same_numbers(pretrain_run):
+    plain = _losses_in_process(pretrain_run, "plain")
+    recomputed = _losses_in_process(pretrain_run, "ac", activation_checkpointing="full")
+    assert recomputed == plain
+
+
+def test_bf16_autocast_trains_close_to_fp32(pretrain_run):
+    fp32 = _losses_in_process(pretrain_run, "fp32")
+    bf16 = _losses_in_process(pretrain_run, "bf16", precision="bf16")
+    assert bf16[-1] < bf16[0]
+    assert bf16 == pytest.approx(fp32, rel=0.05)
