@@ -16,8 +16,10 @@ On the same documents and the same sentencepiece model (BPE, byte fallback), in 
   ``IndexedDatasetBuilder`` writing), labelled as such in the results.
 
 Throughput is UTF-8 text megabytes (10^6 bytes) and tokens per wall-clock second, start-up included for
-the commands; the three run in interleaved rounds (``--repeat``) and the best round of each counts, since a
-shared machine's load changes from one measurement to the next. Results go to ``bench/results/tokenize.json``.
+the commands, and, steadier on a shared machine, megabytes per CPU-second (user + system time of every
+process and thread involved). The three run in interleaved rounds (``--repeat``) and the best round of each
+counts, since a shared machine's load changes from one measurement to the next. Results go to
+``bench/results/tokenize.json``.
 
     .venv/bin/python bench/tokenize.py                          # ~30 MB built from this machine's files
     .venv/bin/python bench/tokenize.py --megatron-lm /path/to/Megatron-LM --megatron-pythonpath /path/to/deps
@@ -40,6 +42,7 @@ import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sysconfig  # noqa: E402
 import time  # noqa: E402
@@ -119,6 +122,12 @@ def documents_in_output_order(shards: list[Path]) -> list[Document]:
 
 # --------------------------------------------------------------------------------------------
 # the measurements
+
+
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process, its threads and its finished children so far."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def measure_spm_limit(model: Path, texts: list[str], batch_docs: int, batch_bytes: int, threads: int) -> dict:
@@ -320,10 +329,13 @@ def main() -> int:
     for round_ in range(args.repeat):
         for name in runs:
             print(f"round {round_ + 1}/{args.repeat}: {name} ...", flush=True)
+            cpu0 = cpu_seconds()
             r = measures[name]()
+            r["cpu_seconds"] = round(cpu_seconds() - cpu0, 3)
             r["load_1min_after"] = round(os.getloadavg()[0], 2)
             runs[name].append(r)
     results = {name: dict(min(rs, key=lambda r: r["seconds"]), all_seconds=[round(r["seconds"], 3) for r in rs],
+                          all_cpu_seconds=[r["cpu_seconds"] for r in rs],
                           all_load_1min_after=[r["load_1min_after"] for r in rs]) for name, rs in runs.items()}
     ours = [run_dir / "tokenize" / f"{safe_name(s)}" for s in sorted({d.source for d in docs})]
     ours_tokens = np.concatenate([np.fromfile(f"{p}.bin", dtype=indexed.read_index(f"{p}.idx").dtype) for p in ours])
@@ -337,6 +349,7 @@ def main() -> int:
     for name, r in results.items():
         r["mb_per_s"] = round(text_bytes / MB / r["seconds"], 3)
         r["tokens_per_s"] = round(r["tokens"] / r["seconds"], 1)
+        r["mb_per_cpu_s"] = round(text_bytes / MB / min(r["all_cpu_seconds"]), 3)  # steadier under shared load
         r["seconds"] = round(r["seconds"], 3)
         table[name] = r
     out = {
@@ -350,6 +363,8 @@ def main() -> int:
         "results": table,
         "ratio_vs_spm_limit": round(table["lmhpc"]["mb_per_s"] / table["spm_limit"]["mb_per_s"], 3),
         f"ratio_vs_{peer}": round(table["lmhpc"]["mb_per_s"] / table[peer]["mb_per_s"], 3),
+        "cpu_time_ratio_vs_spm_limit": round(table["lmhpc"]["mb_per_cpu_s"] / table["spm_limit"]["mb_per_cpu_s"], 3),
+        f"cpu_time_ratio_vs_{peer}": round(table["lmhpc"]["mb_per_cpu_s"] / table[peer]["mb_per_cpu_s"], 3),
         "peer": peer,
         "tokens_identical_to_peer": same,
         "machine": {**host, "load_average_at_end": list(os.getloadavg())},
@@ -361,9 +376,9 @@ def main() -> int:
         out["versions"]["Megatron-LM"] = args.megatron_version or table[peer].get("commit")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\n{'':<24}{'seconds':>9}{'MB/s':>9}{'tokens/s':>12}")
+    print(f"\n{'':<24}{'seconds':>9}{'MB/s':>9}{'tokens/s':>12}{'MB/CPU-s':>10}")
     for name, r in table.items():
-        print(f"{name:<24}{r['seconds']:>9.2f}{r['mb_per_s']:>9.2f}{r['tokens_per_s']:>12.0f}")
+        print(f"{name:<24}{r['seconds']:>9.2f}{r['mb_per_s']:>9.2f}{r['tokens_per_s']:>12.0f}{r['mb_per_cpu_s']:>10.2f}")
     print(f"\nratio_vs_spm_limit {out['ratio_vs_spm_limit']}   ratio_vs_{peer} {out[f'ratio_vs_{peer}']}   "
           f"(load average {out['machine']['load_average_at_start']} -> {out['machine']['load_average_at_end']})")
     print(f"wrote {RESULTS}")
