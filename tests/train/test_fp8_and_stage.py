@@ -78,3 +78,11 @@ def test_bf16_autocast_trains_close_to_fp32(pretrain_run):
     bf16 = _losses_in_process(pretrain_run, "bf16", precision="bf16")
     assert bf16[-1] < bf16[0]
     assert bf16 == pytest.approx(fp32, rel=0.05)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(pretrain_run):
+    """torch.compile per block (inductor on CPU; about a minute of compiling on 2 cores)."""
+    eager = _losses_in_process(pretrain_run, "eager")
+    compiled = _losses_in_process(pretrain_run, "compiled", compile=True)
+    assert compiled == pytest.approx(eager, rel=1e-4)
