@@ -31,6 +31,7 @@ import glob  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -54,7 +55,8 @@ from lmhpc.data.documents import Document  # noqa: E402
 from lmhpc.data.quarantine import Quarantine  # noqa: E402
 from lmhpc.data.readers import read_documents  # noqa: E402
 
-DEFAULT_INPUTS = ["data/sample/web/*", "data/sample/prose/*", "data/sample/code/*", "data/sample/license/*"]
+DEFAULT_INPUTS = ["data/sample/web/*.warc.gz", "data/sample/prose/*.jsonl.*", "data/sample/code/*.jsonl.*",
+                  "data/sample/license/*.jsonl.*"]
 # datatrove's reason names → ours (qualified by filter)
 DATATROVE_REASONS = {
     "gopher_short_doc": "gopher_quality/short_doc",
@@ -75,12 +77,24 @@ DT_FILTER_OF = {"GopherRepetitionFilter": "gopher_repetition", "GopherQualityFil
                 "C4QualityFilter": "c4", "FineWebQualityFilter": "fineweb"}
 
 
+def snapshot_inputs(patterns: list[str], into: Path) -> list[str]:
+    """Copy the files the patterns match into ``into`` (one folder per pattern), so every part of the
+    benchmark reads the same bytes; returns the patterns rewritten to the copies."""
+    out = []
+    for i, pattern in enumerate(patterns):
+        full = pattern if os.path.isabs(pattern) else str(REPO / pattern)
+        folder = into / f"input-{i}"
+        folder.mkdir(parents=True)
+        for f in sorted(p for p in glob.glob(full, recursive=True) if os.path.isfile(p)):
+            shutil.copy(f, folder / Path(f).name)
+        out.append(str(folder / "*"))
+    return out
+
+
 def load_corpus(patterns: list[str], max_docs: int | None) -> list[Document]:
     """Every readable document of the input files (bad records are skipped here), in file order."""
     docs: list[Document] = []
-    files = sorted({p for pattern in patterns for p in glob.glob(str(REPO / pattern) if not os.path.isabs(pattern)
-                                                                   else pattern, recursive=True)
-                    if os.path.isfile(p)})
+    files = sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)})
     with tempfile.TemporaryDirectory() as tmp:
         quarantine = Quarantine(Path(tmp) / "q.jsonl")
         for f in files:
@@ -201,8 +215,7 @@ def compare(ours: list[str | None], theirs: list[str | None]) -> dict[str, Any]:
 def stage_scaling(patterns: list[str], tasks: list[int]) -> dict[str, Any]:
     """Wall time of the whole curate stage (read, filter, write) with 1 and 2 array tasks."""
     out: dict[str, Any] = {}
-    inputs = [{"path": str(REPO / p) if not os.path.isabs(p) else p} for p in patterns if glob.glob(
-        str(REPO / p) if not os.path.isabs(p) else p)]
+    inputs = [{"path": p} for p in patterns if glob.glob(p)]
     filters = {"language": {"enabled": False}, "domain": {"enabled": False}}
     with tempfile.TemporaryDirectory() as tmp:
         for n in tasks:
@@ -252,7 +265,9 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "curate.json"))
     args = p.parse_args()
 
-    docs = load_corpus(args.inputs, args.max_docs)
+    snapshot_dir = tempfile.TemporaryDirectory(prefix="bench-curate-")
+    inputs = snapshot_inputs(args.inputs, Path(snapshot_dir.name))
+    docs = load_corpus(inputs, args.max_docs)
     if not docs:
         print(f"no documents found in {args.inputs}", file=sys.stderr)
         return 1
@@ -292,13 +307,8 @@ def main() -> int:
         "versions": {pkg: version(pkg) for pkg in ("datatrove", "spacy", "numpy")},
         "machine": {**machine(), "loadavg_before": [round(x, 2) for x in load_before]},
     }
-    result["machine"]["python"] = platform.python_version()
-    if not args.no_scaling:
-        result["stage_scaling"] = stage_scaling(args.inputs, [1, 2])
-        result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")  # the filter figures, before the stage runs
     print(f"corpus: {len(docs)} docs, {chars / 1e6:.1f} M chars ({args.inputs})")
     print(f"{'side':<24} {'docs/s/core':>12} {'MB/s/core':>10} {'kept':>7}")
     for name, f in figures.items():
@@ -309,8 +319,12 @@ def main() -> int:
         a = result[key]
         print(f"{key}: decisions {a['decision_agreement']:.4f}, reasons {a['reason_agreement']:.4f}; "
               f"differences (ours | theirs): {a['disagreements']}")
-    if "stage_scaling" in result:
+    if not args.no_scaling:
+        result["stage_scaling"] = stage_scaling(inputs, [1, 2])
+        result["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         print(f"stage scaling: {result['stage_scaling']}")
+    snapshot_dir.cleanup()
     print(f"wrote {args.out}")
     return 0
 
