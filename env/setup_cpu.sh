@@ -79,7 +79,17 @@ if ! venv_usable; then
   fi
   python=$(find_python)
   log "creating $VENV with $python ($(py_version "$python"))"
-  "$python" -m venv "$VENV"
+  if ! "$python" -m venv "$VENV"; then
+    # Debian ships venv/ensurepip separately
+    rm -rf "$VENV"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "installing Debian's python$WANT-venv"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "python$WANT-venv"
+      "$python" -m venv "$VENV"
+    else
+      die "cannot create a venv: install python$WANT-venv (apt-get install python$WANT-venv) and retry"
+    fi
+  fi
   rm -f "$MARKER"
 fi
 
