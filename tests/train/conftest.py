@@ -90,8 +90,10 @@ class PretrainRun:
 
 
 @pytest.fixture
-def pretrain_run(tmp_path, prepared_inputs):
-    """``pretrain_run(name, section, world)`` → a :class:`PretrainRun`."""
+def pretrain_run(tmp_path, prepared_inputs, monkeypatch):
+    """``pretrain_run(name, section, world)`` → a :class:`PretrainRun`. W&B is off for in-process runs
+    (WANDB_MODE in the environment would override the config's ``disabled``)."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
 
     def _make(name: str, section: dict | None = None, world: int = 1) -> PretrainRun:
         return PretrainRun(tmp_path, prepared_inputs, name, section or tiny_pretrain(), world)
