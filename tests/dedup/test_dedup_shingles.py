@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lmhpc.dedup.config import MinHashConfig, TextNormalization
+from lmhpc.dedup.normalize import _DIGIT_RUNS as _DIGITS
 from lmhpc.dedup.normalize import normalize_text
 from lmhpc.dedup.shingles import MULTIPLIERS, fmix64, shingle_hashes, word_hashes
 
@@ -91,3 +92,28 @@ def test_single_spaced_fast_path_equals_general_path():
     texts = ["one two three four", "", "a", "ünï cödé wörds here and there"]
     assert all(np.array_equal(x, y) for x, y in zip(shingle_hashes(texts, "word", 2, single_spaced=True),
                                                       shingle_hashes(texts, "word", 2)))
+
+
+def test_one_pass_normalization_equals_step_by_step():
+    """Punctuation and combining marks removed in one pass over the NFD form, as datatrove does in two."""
+    import unicodedata
+
+    from lmhpc.dedup.normalize import _combining_marks_table, _punctuation_table
+
+    norm = MinHashConfig().normalize
+    texts = ["Ελληνικά; ερώτηση\u037e τέλος\u0387 τέλος", "Ça coûte 12,50 € — déjà vu?", "नमस्ते दुनिया।",
+             "日本語のテキスト、句読点。", "plain ascii, with: punctuation!", "Zürich ﬁne ½ ①"]
+    for text in texts:
+        step = _DIGITS.sub("0", text.lower()).translate(_punctuation_table())
+        step = unicodedata.normalize("NFD", step).translate(_combining_marks_table())
+        assert normalize_text(text, norm) == " ".join(step.split()), text
+
+
+def test_vectorised_translation_equals_str_translate():
+    from lmhpc.dedup.normalize import _combining_marks_table, _punctuation_table, _translate
+
+    text = "déjà-vu! ¿qué? «quotes» 𝄞 music 🙂 emoji \U000e0041 tag e\U000e0100 selector Ω≈ç√ ½"
+    both = {**_punctuation_table(), **_combining_marks_table()}
+    assert _translate(text, True, True) == text.translate(both)
+    assert _translate(text, True, False) == text.translate(_punctuation_table())
+    assert _translate(text, False, True) == text.translate(_combining_marks_table())
