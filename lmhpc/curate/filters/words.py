@@ -17,6 +17,7 @@ keep/drop decisions agree with datatrove's on all of them (``bench/curate.py``).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _PUNCT = "…,:;!?¿؟¡()[]{}<>_#*&。？！，、；：～·।،۔؛٪"
 _QUOTES = "'\"”“`‘´’‚,„»«「」『』（）〔〕【】《》〈〉〈〉⟦⟧"
@@ -118,6 +119,9 @@ def split_words(text: str) -> list[str]:
             else:
                 append(chunk)  # nothing to strip or split: most words
             continue
+        if len(chunk) == 1:
+            append(chunk)  # a lone symbol
+            continue
         last = chunk[-1]
         head = chunk[:-1]
         if last in _SIMPLE_SUFFIXES and head.isalpha() and head not in contractions:
@@ -130,6 +134,11 @@ def split_words(text: str) -> list[str]:
         else:
             out.extend(_split_chunk(chunk))
     return out
+
+
+@lru_cache(maxsize=1 << 16)  # code and markup repeat the same chunks ("(self,", "});") over and over
+def _split_chunk(chunk: str) -> tuple[str, ...]:
+    return tuple(_split_affixes(chunk))
 
 
 def _special(s: str) -> list[str] | None:
@@ -153,7 +162,7 @@ def _suffix_length(s: str) -> int:
     return len(s) - m.start() if m else 0
 
 
-def _split_chunk(chunk: str) -> list[str]:
+def _split_affixes(chunk: str) -> list[str]:
     """spaCy's affix loop: strip prefixes and suffixes until none applies, then split the rest at infixes."""
     prefixes: list[str] = []
     suffixes: list[str] = []
