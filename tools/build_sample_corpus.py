@@ -174,6 +174,8 @@ LICENSE_CURATED = {
     "python3-setuptools": "MIT",
     "python3-pkg-resources": "MIT",
     "libc6-dev": "LGPL-2.1+",
+    "libpython3.11-dev": "PSF-2.0",
+    "libstdc++-12-dev": "GPL-3+ with GCC-exception-3.1",
     "manpages-tr": "GPL (translations); the original English pages keep their licenses",
     "base-files": "GPL-2+",
     "debian-faq-de": "GPL-2+",
@@ -972,7 +974,9 @@ same header in many source files, ...).
 * `metadata.license` is the package's license: the `License` of the `Files: *` paragraph of a
   machine-readable `debian/copyright`, or read by hand where the file is free-form
   (`license_origin` says which).  Individual files may carry other compatible licenses listed in
-  that copyright file.
+  that copyright file.  `license_origin: "debian/copyright (text match)"` marks a best guess from
+  the first license a free-form copyright file names; it occurs only for packages that contribute
+  just their copyright file, which is itself a record under `license/`.
 * `metadata.format`: `manpage` (rendered with man-db/groff at 80 columns, no hyphenation or
   justification), `mallard` (GNOME help page, XML stripped to paragraphs), `text`, `source`,
   `license-text`, `debian-copyright`, `html`.
