@@ -56,6 +56,7 @@ SLOW_LAYOUTS = {
     "hsdp_2x2": ({"dp_replicate": 2, "dp_shard": 2}, 1, 4, {}),
     "pp2_fsdp2": ({"pp": 2, "dp_shard": 2, "pp_microbatches": 2}, 2, 4, {}),
     "pp2_dp2": ({"pp": 2, "dp_replicate": 2, "dp_shard": 1, "pp_microbatches": 2}, 2, 4, {}),
+    "pp2_tp2": ({"pp": 2, "tp": 2, "pp_microbatches": 2}, 4, 4, {}),
     "cp2_tp2": ({"cp": 2, "tp": 2}, 4, 4, {}),
     "cp2_fsdp2": ({"cp": 2, "dp_shard": 2}, 2, 4, {}),
 }
