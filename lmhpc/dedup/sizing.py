@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 TERABYTE = 10**12
-BASELINE_RSS_BYTES = 200 * 2**20  # interpreter, numpy, scipy, datasketch, mpi4py: measured ~150-200 MiB
 
 
 def memory_figures(docs: int, text_bytes: int, work_bytes: int, per_rank: list[dict[str, Any]],
@@ -33,24 +32,29 @@ def memory_figures(docs: int, text_bytes: int, work_bytes: int, per_rank: list[d
     }
 
 
-def estimate(figures: dict[str, Any], ranks: int, text_bytes: int = TERABYTE, gather_bytes_per_doc: float = 0.0
-             ) -> dict[str, Any]:
+def estimate(figures: dict[str, Any], ranks: int, measured_ranks: int, off_rank_bytes_per_doc: float,
+             text_bytes: int = TERABYTE, cluster_bytes_per_doc: float = 0.0) -> dict[str, Any]:
     """Extrapolate measured per-document figures to ``text_bytes`` of text on ``ranks`` ranks.
 
-    Linear in documents: RAM per rank = baseline + peak exchange bytes/doc x docs per rank (the
-    signatures stay on disk, memory-mapped); rank 0 also holds the gathered edges for clustering.
+    Linear in documents. RAM per rank = the measured baseline (peak RSS less the exchange arrays) + the
+    peak exchange bytes per document x documents per rank; the signatures stay on disk, memory-mapped.
+    Rank 0 also holds the gathered edges while it clusters. The shuffle sends a share (N-1)/N of the
+    records off-rank: ``off_rank_bytes_per_doc`` is what one document puts on the wire when every
+    record leaves its rank.
     """
     if not figures.get("avg_doc_bytes"):
         return {}
     docs = text_bytes / figures["avg_doc_bytes"]
     per_rank_docs = docs / ranks
-    ram = BASELINE_RSS_BYTES + figures["exchange_peak_bytes_per_doc_per_rank"] * per_rank_docs
+    baseline = max(0.0, max(figures["peak_rss_mb_by_rank"]) * 2**20 - max(figures["exchange_peak_bytes_by_rank"]))
+    ram = baseline + figures["exchange_peak_bytes_per_doc_per_rank"] * per_rank_docs
     return {
         "text_tb": round(text_bytes / TERABYTE, 3),
         "ranks": ranks,
         "docs": int(docs),
         "ram_per_rank_gb": round(ram / 1e9, 2),
-        "rank0_cluster_ram_gb": round(gather_bytes_per_doc * docs / 1e9, 2),
+        "rank0_cluster_ram_gb": round(cluster_bytes_per_doc * docs / 1e9, 2),
         "work_disk_tb": round(figures["work_bytes_per_doc"] * docs / 1e12, 3),
-        "shuffle_tb": round(figures["shuffle_bytes_per_doc"] * docs / 1e12, 3),
+        "shuffle_tb": round(off_rank_bytes_per_doc * (ranks - 1) / ranks * docs / 1e12, 3),
+        "from_measured_ranks": measured_ranks,
     }

@@ -286,10 +286,22 @@ def _stage_stats(shards: list[Path], settings: DedupSettings, work: WorkDir, sum
     near = summary.get("near", {})
     figures = memory_figures(totals["docs_in"], text_bytes, work_bytes, summary.get("ranks", []),
                              [r["rss_bytes"] for r in per_rank])
-    cluster_bytes_per_doc = (near.get("verified_pairs", near.get("candidate_pairs", 0)) * (EDGE_REC.itemsize + 24)
-                             / max(totals["docs_in"], 1))
+    docs = max(totals["docs_in"], 1)
+    edges = near.get("verified_pairs", near.get("candidate_pairs", 0))
+    # rank 0 holds the gathered edges (32 bytes each) and its graph (node keys, labels, CSR: ~24 bytes/edge)
+    cluster_bytes_per_doc = edges * (EDGE_REC.itemsize + 24) / docs
+    signed_share = signed_docs / docs
+    # what one document puts on the wire when every record leaves its rank: its exact-hash record, one
+    # band record per band, its share of the candidate pairs (two hops, the second with a signature),
+    # of the gathered edges and of the scattered drops
+    off_rank = (32 + 24 * settings.bands * signed_share
+                + near.get("candidate_pairs", 0) / docs * (2 * EDGE_REC.itemsize + 4 * settings.num_perm)
+                + edges / docs * EDGE_REC.itemsize + sum(totals["dropped"].values()) / docs * 24)
     figures["rank0_cluster_bytes_per_doc"] = round(cluster_bytes_per_doc, 2)
-    figures["estimate_1tb"] = [estimate(figures, n, gather_bytes_per_doc=cluster_bytes_per_doc) for n in (16, 64, 256)]
+    figures["off_rank_bytes_per_doc_model"] = round(off_rank, 1)
+    figures["estimate_1tb"] = [estimate(figures, n, len(per_rank), off_rank,
+                                        cluster_bytes_per_doc=cluster_bytes_per_doc)
+                               for n in (16, 64, 256)]
     resumed = {
         "shards_already_signed": sum(r["shards_already_signed"] for r in per_rank),
         "shards_already_written": sum(r["shards_already_written"] for r in per_rank),

@@ -34,3 +34,7 @@ def test_output_identical_for_1_2_and_4_ranks(tmp_path, planted):
     # with several ranks, records really crossed between them
     assert stats[1]["memory"]["shuffle_bytes"]["total"] == 0
     assert stats[2]["memory"]["shuffle_bytes"]["bands"] > 0 and stats[4]["memory"]["shuffle_bytes"]["verify"] > 0
+    # the measured shuffle matches the model the 1 TB estimate uses: a share (N-1)/N leaves its rank
+    for n in (2, 4):
+        model = stats[n]["memory"]["off_rank_bytes_per_doc_model"] * (n - 1) / n
+        assert abs(stats[n]["memory"]["shuffle_bytes_per_doc"] - model) < 0.15 * model, (n, model)
