@@ -80,8 +80,9 @@ def test_exact_normalization_defaults():
 ])
 def test_shingle_normalization_agrees_with_datatrove(text):
     """The benchmark compares against datatrove with the same shingling: our simplified words must be
-    the ones datatrove's simplify_text yields on ordinary text."""
-    from datatrove.utils.text import simplify_text
+    the ones datatrove's simplify_text yields on ordinary text. datatrove is a benchmark-only peer
+    (bench/requirements.txt), so this runs where it is installed."""
+    simplify_text = pytest.importorskip("datatrove.utils.text").simplify_text
 
     ours = normalize_text(text, MinHashConfig().normalize).split()
     theirs = simplify_text(text).split()
