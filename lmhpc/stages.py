@@ -6,7 +6,8 @@ kinds:
   ``units(ctx) -> list[str]``, ``process_unit(ctx, index, unit) -> dict`` and optionally
   ``finalize(ctx, stats) -> dict``.
 - ``mpi``: one job of N MPI ranks that talk (``mpiexec -n N`` / ``srun --mpi=pmi2``); ``run(ctx) -> dict``.
-- ``torch``: one job of N torch.distributed processes (``torchrun`` / one SLURM task per GPU).
+- ``torch``: one job of N torch.distributed processes (N local processes with RANK/WORLD_SIZE set / one SLURM
+  task per GPU with submitit's TorchDistributedEnvironment).
 - ``single``: one process.
 """
 

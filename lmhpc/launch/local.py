@@ -1,7 +1,9 @@
 """The local executor: every stage as subprocesses on this machine, in order.
 
 Array stages run their tasks as concurrent processes, then one finalize process; MPI stages run
-under ``mpiexec -n N``; torch stages under ``torchrun --nproc-per-node N``. A task that exits with
+under ``mpiexec -n N``; torch stages as N processes with ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` and a
+rendezvous on 127.0.0.1 (what torchrun sets, without torchrun's exit-code rewriting, so a rank that
+saved on preemption still reports the requeue code). A task that exits with
 the requeue code (it saved its state on a preemption signal) is started again, as SLURM would.
 A failing stage stops the chain: its dependants are not run.
 """
@@ -12,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +29,7 @@ log = logging.getLogger("lmhpc.local")
 
 
 def venv_tool(name: str) -> str:
-    """An executable next to the running interpreter (the venv's mpiexec, torchrun), else from PATH."""
+    """An executable next to the running interpreter (the venv's mpiexec), else from PATH."""
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else (shutil.which(name) or name)
 
@@ -39,9 +42,20 @@ def stage_command(cfg: RunConfig, stage: str, config_path: str, overrides: list[
     base = ["-m", "lmhpc", "stage", stage, config_path, *overrides]
     if spec.kind == "mpi":
         return [venv_tool("mpiexec"), "-n", str(res.tasks), python, *base]
-    if spec.kind == "torch" and res.tasks * res.nodes > 1:
-        return [venv_tool("torchrun"), "--standalone", f"--nproc-per-node={res.tasks}", *base]
     return [python, *base]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torch_rank_envs(n: int) -> list[dict[str, str]]:
+    """The environment of each of n local torch.distributed processes."""
+    port = str(free_port())
+    return [{"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n),
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port} for r in range(n)]
 
 
 class LocalExecutor:
@@ -61,17 +75,23 @@ class LocalExecutor:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def _run_with_requeue(self, cmd: list[str], stage: str, label: str) -> int:
+    def _run_with_requeue(self, cmd: list[str], stage: str, label: str, ranks: int = 1) -> int:
+        """Run one job (``ranks`` torch processes, or one process) until it is not preempted."""
         res = self.cfg.resources_for(stage)
         for attempt in range(res.max_requeues + 1):
-            rc = self._spawn([cmd], attempt)[0]
+            if ranks > 1:
+                codes = self._spawn([cmd] * ranks, attempt, torch_rank_envs(ranks))
+                rc = next((c for c in codes if c not in (0, REQUEUE_EXIT_CODE)), max(codes))
+            else:
+                rc = self._spawn([cmd], attempt)[0]
             if rc != REQUEUE_EXIT_CODE:
                 return rc
             log.warning("%s was preempted; starting it again (attempt %d)", label, attempt + 2)
         return rc
 
-    def _spawn(self, cmds: list[list[str]], attempt: int) -> list[int]:
-        procs = [subprocess.Popen(c, env=self._env(attempt)) for c in cmds]
+    def _spawn(self, cmds: list[list[str]], attempt: int, envs: list[dict[str, str]] | None = None) -> list[int]:
+        envs = envs or [{}] * len(cmds)
+        procs = [subprocess.Popen(c, env={**self._env(attempt), **e}) for c, e in zip(cmds, envs)]
         try:
             return [p.wait() for p in procs]
         except KeyboardInterrupt:
@@ -85,6 +105,8 @@ class LocalExecutor:
         spec = STAGES[stage]
         res = self.cfg.resources_for(stage)
         cmd = stage_command(self.cfg, stage, self.config_path, self.overrides)
+        if spec.kind == "torch":
+            return self._run_with_requeue(cmd, stage, f"stage {stage}", ranks=res.tasks * res.nodes)
         if spec.kind != "array":
             return self._run_with_requeue(cmd, stage, f"stage {stage}")
         n = res.tasks

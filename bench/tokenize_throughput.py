@@ -21,9 +21,9 @@ process and thread involved). The three run in interleaved rounds (``--repeat``)
 counts, since a shared machine's load changes from one measurement to the next. Results go to
 ``bench/results/tokenize.json``.
 
-    .venv/bin/python bench/tokenize.py                          # ~30 MB built from this machine's files
-    .venv/bin/python bench/tokenize.py --megatron-lm /path/to/Megatron-LM --megatron-pythonpath /path/to/deps
-    .venv/bin/python bench/tokenize.py --input 'runs/demo/dedup/data/part-*.jsonl.zst' --mb 0
+    .venv/bin/python bench/tokenize_throughput.py                          # ~30 MB built from this machine's files
+    .venv/bin/python bench/tokenize_throughput.py --megatron-lm /path/to/Megatron-LM --megatron-pythonpath /path/to/deps
+    .venv/bin/python bench/tokenize_throughput.py --input 'runs/demo/dedup/data/part-*.jsonl.zst' --mb 0
 """
 
 from __future__ import annotations
@@ -369,7 +369,7 @@ def main() -> int:
         "tokens_identical_to_peer": same,
         "machine": {**host, "load_average_at_end": list(os.getloadavg())},
         "versions": {p: version(p) for p in ("sentencepiece", "megatron-core", "numpy", "zstandard")},
-        "command": " ".join(["python", "bench/tokenize.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "bench/tokenize_throughput.py", *sys.argv[1:]]),
     }
     if peer == "megatron_tool":
         out["ratio_vs_megatron"] = out[f"ratio_vs_{peer}"]
