@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,6 +64,8 @@ class StageContext:
             from mpi4py import MPI
 
             return bool(self.comm.allreduce(int(local), op=MPI.MAX))
+        if "torch.distributed" not in sys.modules:
+            return local  # no process group can exist; do not pay torch's import for nothing
         try:
             import torch.distributed as dist
 

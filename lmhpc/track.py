@@ -87,6 +87,7 @@ class WandbTracker(Tracker):
         attempt = len(state["attempts"])
         attempt_dir = Path(stage_dir) / "wandb" / f"attempt-{attempt:03d}"
         attempt_dir.mkdir(parents=True, exist_ok=True)
+        self.attempt_dir, self.mode = attempt_dir, mode
         state["attempts"].append(
             {
                 "dir": str(attempt_dir.relative_to(stage_dir)),
@@ -133,6 +134,9 @@ class WandbTracker(Tracker):
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
+        if self.mode == "offline":
+            wait_until_written(self.attempt_dir)
+
 
 
 def open_tracker(cfg: Any, stage: str, stage_dir: Path, rank: int) -> Tracker:
@@ -208,6 +212,33 @@ def _records(path: Path) -> Iterator[bytes]:
             parts.append(chunk)
             yield b"".join(parts)
             parts = []
+
+
+def _record_kinds(path: Path) -> list[str]:
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    kinds = []
+    for payload in _records(path):
+        rec = pb.Record()
+        rec.ParseFromString(payload)
+        kinds.append(rec.WhichOneof("record_type"))
+    return kinds
+
+
+def wait_until_written(attempt_dir: Path, timeout: float = 30.0) -> bool:
+    """Wait until the attempt's offline transaction log ends with its exit record: W&B's writer
+    process can still be flushing when ``finish()`` returns."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in Path(attempt_dir).glob("wandb/offline-run-*/*.wandb"):
+            try:
+                if "exit" in _record_kinds(path):
+                    return True
+            except (ValueError, struct.error, OSError):
+                pass  # still being written
+        time.sleep(0.1)
+    log.warning("W&B offline log in %s has no exit record after %.0fs", attempt_dir, timeout)
+    return False
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

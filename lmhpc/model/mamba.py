@@ -15,26 +15,12 @@ length, meant for tests and small models rather than speed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class MambaArgs:
-    """Mamba mixer options (used by layers marked ``M`` in ``model.layer_pattern``)."""
-
-    d_state: int = 16
-    d_conv: int = 4
-    expand: int = 2
-    dt_rank: int = 0  # 0: ceil(dim / 16)
-    dt_min: float = 0.001
-    dt_max: float = 0.1
-
-    def resolved_dt_rank(self, dim: int) -> int:
-        return self.dt_rank or math.ceil(dim / 16)
+from lmhpc.model.args import MambaArgs
 
 
 def selective_scan(x: torch.Tensor, delta: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,

@@ -15,27 +15,12 @@ The layer keeps per-expert token counts and the auxiliary losses of the last ste
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass
-class MoEArgs:
-    """Mixture-of-Experts options. ``num_experts: 0`` means dense FFNs."""
-
-    num_experts: int = 0
-    top_k: int = 2
-    every: int = 1  # every k-th layer's FFN is an MoE (1: all)
-    expert_hidden: int = 0  # 0: the dense FFN's hidden size
-    router: Literal["topk", "hash"] = "topk"
-    capacity_factor: float = 1.25  # <= 0: no capacity limit (no dropped tokens)
-    load_balance_coef: float = 0.01
-    z_loss_coef: float = 0.001
-    hash_seed: int = 0
+from lmhpc.model.args import MoEArgs
 
 
 class _AttachAuxLoss(torch.autograd.Function):

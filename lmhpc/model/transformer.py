@@ -17,66 +17,14 @@ number of heads at a fixed head dimension, so the attention scale stays 1/sqrt(h
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmhpc.model.mamba import MambaArgs, MambaMixer
-from lmhpc.model.moe import MoE, MoEArgs
-
-LAYER_KINDS = {"A": "attention", "M": "mamba"}
-
-
-@dataclass
-class ModelArgs:
-    """Shape and parametrisation of the model. ``vocab_size: 0`` means "from the tokenizer"."""
-
-    vocab_size: int = 0
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 8
-    n_kv_heads: int = 0  # 0: same as n_heads (no grouping)
-    ffn_hidden: int = 0  # 0: 8/3 * dim rounded up to ffn_multiple_of (SwiGLU convention)
-    ffn_multiple_of: int = 64
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    max_seq_len: int = 2048
-    tie_embeddings: bool = False
-    layer_pattern: str = "A"  # repeated over layers: A = attention, M = mamba ("MMA" = 2 mamba, 1 attention, ...)
-    init_std: float = 0.02
-    embedding_init_std: float = 0.02  # small-init embeddings: e.g. 1e-4
-    depth_scaled_init: bool = True  # output projections of each residual branch: std / sqrt(2 * n_layers)
-    mup_base_dim: int = 0  # > 0: μP with this as the base width
-    moe: MoEArgs = field(default_factory=MoEArgs)
-    mamba: MambaArgs = field(default_factory=MambaArgs)
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_heads or self.n_heads
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
-
-    @property
-    def hidden_dim(self) -> int:
-        if self.ffn_hidden:
-            return self.ffn_hidden
-        hidden = int(8 * self.dim / 3)
-        return self.ffn_multiple_of * math.ceil(hidden / self.ffn_multiple_of)
-
-    @property
-    def width_mult(self) -> float:
-        """μP width multiplier (1 under the standard parametrisation)."""
-        return self.dim / self.mup_base_dim if self.mup_base_dim else 1.0
-
-    def layer_kind(self, layer: int) -> str:
-        return LAYER_KINDS[self.layer_pattern[layer % len(self.layer_pattern)]]
-
-    def layer_has_moe(self, layer: int) -> bool:
-        return self.moe.num_experts > 0 and layer % self.moe.every == self.moe.every - 1
+from lmhpc.model.args import ModelArgs
+from lmhpc.model.mamba import MambaMixer
+from lmhpc.model.moe import MoE
 
 
 class RMSNorm(nn.Module):

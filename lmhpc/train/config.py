@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from lmhpc.model.transformer import LAYER_KINDS, ModelArgs
+from lmhpc.model.args import LAYER_KINDS, ModelArgs
 
 if TYPE_CHECKING:
     from lmhpc.config import RunConfig
