@@ -20,6 +20,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -184,24 +185,36 @@ _BLOCK = 32768
 
 
 def _records(path: Path) -> Iterator[bytes]:
-    """Payloads of a ``.wandb`` transaction log (LevelDB-log framing, 32 KiB blocks)."""
+    """Payloads of a ``.wandb`` transaction log: a 7-byte W&B header, then LevelDB-log framing in
+    32 KiB blocks. W&B's Go writer counts blocks from the end of the header, its older Python writer
+    from the start of the file: the framing that parses cleanly is used."""
     data = Path(path).read_bytes()
-    ident, magic, version = _HEADER.unpack_from(data, 0)
+    ident, magic, _version = _HEADER.unpack_from(data, 0)
     if ident != b":W&B" or magic != 0xBEE1:
         raise ValueError(f"{path} is not a W&B transaction log")
+    try:
+        return iter(list(_framed(data, _HEADER.size)))
+    except ValueError:
+        return iter(list(_framed(data, 0)))
+
+
+def _framed(data: bytes, base: int) -> Iterator[bytes]:
     pos, parts = _HEADER.size, []
     while pos + _REC.size <= len(data):
-        left_in_block = _BLOCK - (pos % _BLOCK)
+        left_in_block = _BLOCK - ((pos - base) % _BLOCK)
         if left_in_block < _REC.size:
-            pos += left_in_block
+            pos += left_in_block  # block trailer
             continue
-        _crc, length, kind = _REC.unpack_from(data, pos)
-        pos += _REC.size
+        crc, length, kind = _REC.unpack_from(data, pos)
         if kind == 0 and length == 0:
-            pos += left_in_block - _REC.size  # block padding
+            pos += left_in_block  # zero padding up to the next block
             continue
-        chunk = data[pos : pos + length]
-        pos += length
+        chunk = data[pos + _REC.size : pos + _REC.size + length]
+        if len(chunk) < length or zlib.crc32(bytes([kind]) + chunk) & 0xFFFFFFFF != crc:
+            if pos + _REC.size + length >= len(data):
+                return  # the last record is still being written
+            raise ValueError(f"corrupt record at byte {pos}")
+        pos += _REC.size + length
         if kind == 1:  # FULL
             yield chunk
         elif kind == 2:  # FIRST
@@ -234,8 +247,8 @@ def wait_until_written(attempt_dir: Path, timeout: float = 30.0) -> bool:
             try:
                 if "exit" in _record_kinds(path):
                     return True
-            except (ValueError, struct.error, OSError):
-                pass  # still being written
+            except Exception:  # noqa: BLE001 - a log still being written may not parse yet
+                pass
         time.sleep(0.1)
     log.warning("W&B offline log in %s has no exit record after %.0fs", attempt_dir, timeout)
     return False

@@ -1,0 +1,57 @@
+"""The demo config end to end with the local executor, on a slice of the shipped sample corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmhpc.track import offline_run_dirs, read_history
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ["curate", "dedup", "tokenizer", "tokenize", "pretrain"]
+
+
+@pytest.mark.slow
+def test_demo_chain_on_a_slice_of_the_sample(tmp_path):
+    inputs = (
+        '[{path: "../data/sample/web/part-000.warc.gz", source: web, format: warc},'
+        ' {path: "../data/sample/prose/part-00[01].jsonl.zst", source: prose},'
+        ' {path: "../data/sample/code/part-000.jsonl.zst", source: code},'
+        ' {path: "../data/sample/license/part-000.jsonl.zst", source: license, weight: 0.2}]'
+    )
+    overrides = [
+        f"run.runs_dir={tmp_path}", f"curate.inputs={inputs}",
+        "tokenizer.vocab_size=2000", "tokenizer.sample_mb=4",
+        "tokenizer.analysis.heldout_mb=0.5", "tokenizer.analysis.per_source_sample_mb=1",
+        "pretrain.model.dim=64", "pretrain.model.n_heads=4", "pretrain.model.n_kv_heads=2",
+        "pretrain.train.steps=12", "pretrain.train.seq_len=64", "pretrain.model.max_seq_len=64",
+        "pretrain.train.micro_batch_size=4", "pretrain.checkpoint.interval=6", "pretrain.metrics.log_every=2",
+    ]
+    out = subprocess.run([sys.executable, "-m", "lmhpc", "run", str(REPO / "configs" / "demo.yaml"), *overrides],
+                         capture_output=True, text=True, cwd=REPO, timeout=1200)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    run = tmp_path / "demo"
+    for stage in STAGES:
+        assert (run / stage / "DONE").exists(), stage
+        stats = json.loads((run / stage / "stats.json").read_text())
+        if "docs_in" in stats:
+            assert stats["docs_in"] == stats["docs_out"] + stats["quarantined"] + sum(stats["dropped"].values())
+        assert offline_run_dirs(run / stage), f"{stage} wrote no W&B run"
+    curate = json.loads((run / "curate" / "stats.json").read_text())
+    dedup = json.loads((run / "dedup" / "stats.json").read_text())
+    assert dedup["docs_in"] == curate["docs_out"]
+    assert {"web", "prose", "code"} <= set(curate["per_source"])
+    assert (run / "tokenizer" / "tokenizer.model").exists()
+    blend = json.loads((run / "tokenize" / "blend.json").read_text())
+    assert blend["data_path"]
+    ckpts = sorted((run / "pretrain" / "checkpoints").glob("step-*"))
+    assert ckpts, "pretrain saved no checkpoint"
+    losses = [r["loss"] for r in read_history(offline_run_dirs(run / "pretrain")[0]) if "loss" in r]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    status = json.loads(subprocess.run([sys.executable, "-m", "lmhpc", "status", str(run), "--json"],
+                                       capture_output=True, text=True, cwd=REPO).stdout)
+    assert [r["state"] for r in status] == ["done"] * 5
