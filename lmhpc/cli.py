@@ -60,6 +60,23 @@ def _sync(args: argparse.Namespace) -> int:
     return 1 if sync(Path(args.run_dir), args.project, args.entity, dry_run=args.dry_run) else 0
 
 
+CURATE_TOOLS = {
+    "rethreshold": "lmhpc.curate.rethreshold",
+    "classifier": "lmhpc.curate.classifier",
+    "ngram-lm": "lmhpc.curate.ngram_lm",
+}
+
+
+def _curate_tool(argv: list[str]) -> int:
+    """``lmhpc curate TOOL ...``: the curate stage's tools, each with its own arguments."""
+    import importlib
+
+    if not argv or argv[0] not in CURATE_TOOLS:
+        print(f"usage: lmhpc curate {{{','.join(CURATE_TOOLS)}}} ... (--help for each)", file=sys.stderr)
+        return 2
+    return importlib.import_module(CURATE_TOOLS[argv[0]]).main(argv[1:])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lmhpc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,10 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--entity", default=None)
     sy.add_argument("--dry-run", action="store_true")
     sy.set_defaults(func=_sync)
+
+    sub.add_parser("curate", help=f"curate tools: {', '.join(CURATE_TOOLS)} (e.g. lmhpc curate rethreshold --help)",
+                   add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["curate"]:
+        return _curate_tool(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options too: `lmhpc run c.yaml --executor slurm a.b=1`

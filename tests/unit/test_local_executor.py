@@ -66,3 +66,12 @@ def test_real_signal_saves_then_resumes_to_identical_output(tmp_path):
     lmhpc("run", str(cfg), "run.name=clean")
     runs = tmp_path / "runs"
     assert tree_bytes(runs / "t" / "curate" / "data") == tree_bytes(runs / "clean" / "curate" / "data")
+
+
+def test_curate_tools_are_lmhpc_subcommands(tmp_path):
+    corpus = tmp_path / "ref.txt"
+    corpus.write_text("the river runs to the sea\nthe sea is wide and the river is long\n" * 20)
+    lmhpc("curate", "ngram-lm", "train", "--order", "2", "--out", str(tmp_path / "ref.arpa"), str(corpus))
+    assert "\\data\\" in (tmp_path / "ref.arpa").read_text()  # an ARPA file
+    out = lmhpc("curate", "nope", check=False)
+    assert out.returncode == 2 and "rethreshold" in out.stderr
