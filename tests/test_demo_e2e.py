@@ -28,7 +28,8 @@ def test_demo_chain_on_a_slice_of_the_sample(tmp_path):
         "tokenizer.vocab_size=2000", "tokenizer.sample_mb=4",
         "tokenizer.analysis.heldout_mb=0.5", "tokenizer.analysis.per_source_sample_mb=1",
         "pretrain.model.dim=64", "pretrain.model.n_heads=4", "pretrain.model.n_kv_heads=2",
-        "pretrain.train.steps=12", "pretrain.train.seq_len=64", "pretrain.model.max_seq_len=64",
+        "pretrain.train.steps=12", "pretrain.optimizer.warmup_steps=2",
+        "pretrain.train.seq_len=64", "pretrain.model.max_seq_len=64",
         "pretrain.train.micro_batch_size=4", "pretrain.checkpoint.interval=6", "pretrain.metrics.log_every=2",
     ]
     out = subprocess.run([sys.executable, "-m", "lmhpc", "run", str(REPO / "configs" / "demo.yaml"), *overrides],

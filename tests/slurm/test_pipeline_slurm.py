@@ -136,7 +136,7 @@ def test_plain_sbatch_pipeline_script(slurm_cluster, tmp_path):
 
 
 def test_mpi_ranks_under_srun_pmi2(slurm_cluster, tmp_path):
-    from tests.unit.test_mpi import SCRIPT
+    from tests.unit.test_mpi import SCRIPT, rank_lines
 
     script = tmp_path / "check.py"
     script.write_text(SCRIPT)
@@ -147,5 +147,5 @@ def test_mpi_ranks_under_srun_pmi2(slurm_cluster, tmp_path):
     )
     job_id = slurm_cluster.sbatch(job)
     assert slurm_cluster.wait_final(job_id, timeout=120)[job_id].state == "COMPLETED"
-    lines = sorted(x for x in (tmp_path / f"mpi-{job_id}.out").read_text().splitlines() if x.startswith("rank="))
+    lines = rank_lines((tmp_path / f"mpi-{job_id}.out").read_text())
     assert lines == ["rank=0 world=2 before=False after=True", "rank=1 world=2 before=False after=True"]
