@@ -351,6 +351,8 @@ def main() -> int:
         r["tokens_per_s"] = round(r["tokens"] / r["seconds"], 1)
         r["mb_per_cpu_s"] = round(text_bytes / MB / min(r["all_cpu_seconds"]), 3)  # steadier under shared load
         r["seconds"] = round(r["seconds"], 3)
+        if "prefix" in r:
+            r["prefix"] = os.path.relpath(r["prefix"], REPO)  # the results name no machine paths
         table[name] = r
     out = {
         "benchmark": "tokenize",
