@@ -349,7 +349,7 @@ def main() -> int:
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--ranks", default="1,2", help="lmhpc MPI ranks to run, comma-separated")
     p.add_argument("--datatrove-workers", default="2", help="datatrove worker counts to run, comma-separated")
-    p.add_argument("--work", default=str(REPO / "bench" / "work" / "dedup"))
+    p.add_argument("--work", default=str(REPO / "bench" / "scratch" / "dedup"))
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "dedup.json"))
     p.add_argument("--datatrove-spec", help=argparse.SUPPRESS)
     args = p.parse_args()

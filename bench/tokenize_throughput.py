@@ -64,7 +64,7 @@ from lmhpc.tokenizer.inputs import safe_name  # noqa: E402
 from lmhpc.tokenizer.sampling import SampledDoc, training_lines  # noqa: E402
 from lmhpc.tokenizer.training import train_model  # noqa: E402
 
-WORK = REPO / "bench" / "work" / "tokenize"
+WORK = REPO / "bench" / "scratch" / "tokenize"
 RESULTS = REPO / "bench" / "results" / "tokenize.json"
 MB = 1_000_000
 
@@ -248,7 +248,7 @@ def machine() -> dict[str, Any]:
 
 
 def ensure_tokenizer(docs: list[Document], vocab_size: int, threads: int) -> Path:
-    """Train (once, cached under bench/work) the model every measurement uses."""
+    """Train (once, cached under bench/scratch) the model every measurement uses."""
     prefix = WORK / f"spm-bpe-{vocab_size}"
     if Path(f"{prefix}.model").exists():
         return Path(f"{prefix}.model")
