@@ -1,12 +1,20 @@
 """GPU check of the pretrain stage: a ~1B Llama-style model trained for a few minutes on one GPU,
-in bf16 and in fp8 (torchao float8, tensorwise), printing tokens/s and MFU of each.
+in bf16 and in fp8 (torchao float8, tensorwise), printing tokens/s and MFU of each; and, with
+``--cp``, context parallel with PyTorch's ring attention (``parallel.cp_impl=dtensor``) against a
+run without context parallel.
 
 It runs the real stage code (``lmhpc.train.stage.run``) on synthetic tokens written as a Megatron
 ``.bin/.idx`` dataset, so what it measures is what a pretrain job does. MFU is against the GPU's
 dense BF16 peak (also for the fp8 run, which is labelled as such).
 
+The context-parallel check trains a small model for a few steps with cp=1 (one rank), then cp=2 with
+ring attention and with all-gather-KV (two ranks), and compares the per-step losses. With one GPU
+the two ranks share it over gloo (NCCL refuses two ranks on one device); with two or more GPUs they
+use NCCL, one GPU each.
+
     python tools/gpu_check_pretrain.py                     # bf16 then fp8, 150 steps each
     python tools/gpu_check_pretrain.py --modes bf16 --steps 50 --no-compile
+    python tools/gpu_check_pretrain.py --modes none --cp   # only the context-parallel check
     python tools/gpu_check_pretrain.py --out check.json    # also write the figures as JSON
 
 Without CUDA it stops at once with exit code 2 and says so.
@@ -16,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,12 +62,29 @@ def pretrain_section(mode: str, prefix: Path, steps: int, seq_len: int, batch: i
     }
 
 
-def run_config(section: dict[str, Any], work: Path, name: str):
-    """A validated RunConfig for one run (one process, one GPU)."""
+def cp_section(prefix: Path, cp: int, impl: str, precision: str, steps: int,
+               rotate: str = "allgather") -> dict[str, Any]:
+    """A small model on long sequences: the ``pretrain`` section of one context-parallel check run."""
+    return {
+        "model": {"vocab_size": VOCAB, "dim": 512, "n_layers": 4, "n_heads": 8, "n_kv_heads": 4, "ffn_hidden": 1408,
+                  "max_seq_len": 4096},
+        "parallel": {"cp": cp, "cp_impl": impl, "cp_rotate": rotate},
+        "train": {"steps": steps, "seq_len": 4096, "micro_batch_size": 2, "device": "cuda", "precision": precision,
+                  "seed": 1},
+        "optimizer": {"lr": 1e-3, "warmup_steps": 2},
+        "checkpoint": {"interval": 0, "save_final": False},
+        "spike": {"policy": "off"},
+        "data": {"prefixes": [str(prefix)], "eod_id": EOD},
+        "metrics": {"log_every": 1},
+    }
+
+
+def run_config(section: dict[str, Any], work: Path, name: str, tasks: int = 1, gpus: int = 1):
+    """A validated RunConfig for one run (``tasks`` processes; ``gpus`` per node, 0 when they share one)."""
     from lmhpc.config import RunConfig, build, validate
 
     cfg = build(RunConfig, {"run": {"name": name, "runs_dir": str(work / "runs"), "stages": ["pretrain"]},
-                            "resources": {"pretrain": {"tasks": 1, "gpus_per_node": 1}},
+                            "resources": {"pretrain": {"tasks": tasks, "gpus_per_node": gpus}},
                             "wandb": {"mode": "disabled"}, "pretrain": section})
     cfg.base_dir = str(work)
     validate(cfg)
@@ -96,9 +123,85 @@ def check_one(mode: str, args: argparse.Namespace, work: Path, prefix: Path) -> 
             "max_allocated_gib": torch.cuda.max_memory_allocated() / 2**30, "seconds": round(time.time() - t0, 1)}
 
 
+def worker(spec_path: str) -> int:
+    """One rank of a context-parallel check run (RANK / WORLD_SIZE / LOCAL_RANK from the environment)."""
+    from lmhpc.context import StageContext
+    from lmhpc.train import stage as pretrain_stage
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    cfg = run_config(spec["section"], Path(spec["work"]), spec["name"], tasks=world, gpus=spec["gpus"])
+    ctx = StageContext(cfg=cfg, stage="pretrain", rank=rank, world_size=world,
+                       local_rank=int(os.environ.get("LOCAL_RANK", rank)))
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    pretrain_stage.run(ctx)
+    return 0
+
+
+def launch_ranks(section: dict[str, Any], work: Path, name: str, world: int,
+                 timeout_s: float = 300) -> list[float]:
+    """Run one check on ``world`` local ranks; returns the per-step losses."""
+    import torch
+
+    from lmhpc.launch.local import torch_rank_envs
+    from lmhpc.train.stage import METRICS_FILE
+
+    shared = world > torch.cuda.device_count()
+    spec = work / f"{name}.json"
+    spec.write_text(json.dumps({"section": section, "work": str(work), "name": name,
+                                "gpus": 0 if shared else world}))
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    procs = []
+    for env in torch_rank_envs(world):
+        env = {**os.environ, **env, "PYTHONPATH": path, "PYTHONFAULTHANDLER": "1"}
+        if shared and world > 1:
+            env["LMHPC_DIST_BACKEND"] = "gloo"
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec)],
+                                      env=env))
+    try:
+        codes = [proc.wait(timeout=timeout_s) for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        raise RuntimeError(f"{name}: ranks still running after {timeout_s} s (killed)") from None
+    if any(codes):
+        raise RuntimeError(f"{name}: ranks exited with {codes}")
+    lines = (work / "runs" / name / "pretrain" / METRICS_FILE).read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+def check_cp(work: Path, prefix: Path, steps: int, precisions: list[str], rotate: str) -> list[dict[str, Any]]:
+    """cp=2 (ring attention; all-gather-KV) against cp=1, per precision: the largest relative loss gap."""
+    out = []
+    tolerances = {"fp32": 2e-3, "bf16": 3e-2}
+    for precision in precisions:
+        tolerance = tolerances[precision]
+        ref = launch_ranks(cp_section(prefix, 1, "auto", precision, steps), work, f"cp1-{precision}", 1)
+        for impl in ("dtensor", "allgather_kv"):
+            name = f"cp2-{impl}-{precision}"
+            print(f"== {name}: {steps} steps against cp1", flush=True)
+            try:
+                losses = launch_ranks(cp_section(prefix, 2, impl, precision, steps, rotate), work, name, 2)
+            except RuntimeError as e:
+                out.append({"run": name, "ok": False, "error": str(e)})
+                continue
+            gap = max(abs(a - b) / abs(b) for a, b in zip(losses, ref))
+            out.append({"run": name, "ok": gap <= tolerance and len(losses) == len(ref), "max_rel_gap": gap,
+                        "tolerance": tolerance, "first_loss": losses[0], "last_loss": losses[-1],
+                        "ref_last_loss": ref[-1]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--modes", default="bf16,fp8")
+    p.add_argument("--modes", default="bf16,fp8", help="bf16 and/or fp8 throughput runs; 'none' for none")
+    p.add_argument("--cp", action="store_true", help="also check context parallel (ring attention) against cp=1")
+    p.add_argument("--cp-steps", type=int, default=20)
+    p.add_argument("--cp-precisions", default="fp32,bf16")
+    p.add_argument("--cp-rotate", default="auto", choices=["auto", "allgather", "alltoall"],
+                   help="how ring attention passes KV shards; auto: alltoall when two ranks share one GPU over "
+                        "gloo (gloo's functional all-gather of CUDA tensors crashes), else allgather")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--batch", type=int, default=4)
@@ -106,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.worker:
+        return worker(args.worker)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip() and m.strip() != "none"]
     if set(modes) - {"bf16", "fp8"}:
         print("gpu_check_pretrain: --modes takes bf16 and/or fp8", file=sys.stderr)
         return 2
@@ -127,28 +232,43 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    results = []
+    results, cp_results = [], []
     with tempfile.TemporaryDirectory(prefix="lmhpc-gpu-check-") as tmp:
         work = Path(tmp)
-        prefix = write_tokens(work, tokens=(args.steps + 10) * args.batch * (args.seq_len + 1))
+        prefix = write_tokens(work, tokens=max(args.steps * args.batch * (args.seq_len + 1),
+                                               args.cp_steps * 2 * 4097) + 10 * 8192)
         for mode in modes:
             print(f"== {mode}: {args.steps} steps of {args.batch} × {args.seq_len} tokens on {name}", flush=True)
             results.append(check_one(mode, args, work, prefix))
             if dist.is_initialized():
                 dist.destroy_process_group()
             torch.cuda.empty_cache()
+        if args.cp:
+            rotate = args.cp_rotate
+            if rotate == "auto":
+                rotate = "alltoall" if torch.cuda.device_count() < 2 else "allgather"
+            cp_results = check_cp(work, prefix, args.cp_steps, args.cp_precisions.split(","), rotate)
 
     print(f"\n{'mode':<6}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU %':>8}{'mem GiB':>9}{'loss':>8}")
     for r in results:
         mfu = f"{r['mfu_pct']:.1f}" if r["mfu_pct"] is not None else "n/a"
         print(f"{r['mode']:<6}{r['tokens_per_s']:>12,.0f}{r['tflops']:>10.1f}{mfu:>8}"
               f"{r['max_allocated_gib']:>9.1f}{r['final_loss']:>8.3f}")
-    print("MFU is against the dense BF16 peak of the GPU (fp8 runs included, labelled).")
+    if results:
+        print("MFU is against the dense BF16 peak of the GPU (fp8 runs included, labelled).")
+    for r in cp_results:
+        if "error" in r:
+            print(f"{r['run']:<24} FAILED: {r['error']}")
+        else:
+            print(f"{r['run']:<24} max relative loss gap to cp1 {r['max_rel_gap']:.2e} (tolerance "
+                  f"{r['tolerance']:.0e}) {'ok' if r['ok'] else 'TOO LARGE'}; loss {r['first_loss']:.3f} → "
+                  f"{r['last_loss']:.3f} (cp1 {r['ref_last_loss']:.3f})")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": name, "capability": list(cap), "torch": torch.__version__,
                                               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                              "results": results}, indent=2) + "\n")
-    return 0
+                                              "results": results, "context_parallel": cp_results},
+                                             indent=2) + "\n")
+    return 0 if all(r["ok"] for r in cp_results) else 1
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ class ParallelConfig:
     - ``dp_shard > 1`` (or ``cp > 1``): FSDP2 over ``dp_shard × cp``; with ``dp_replicate > 1`` too: HSDP.
     - ``dp_replicate > 1`` alone: DDP (FSDP2 over those ranks when ``pp > 1``: DDP cannot follow a pipeline schedule).
     - ``tp > 1`` always comes with sequence parallel in this backend.
-    - ``tp``: tensor parallel (+ sequence parallel); ``pp``: pipeline stages; ``cp``: context parallel.
+    - ``tp``: tensor parallel (+ sequence parallel); ``pp``: pipeline stages; ``cp``: context parallel,
+      ``cp_impl`` ``dtensor`` (PyTorch ring attention, GPU only) or ``allgather_kv`` (any device).
     """
 
     dp_replicate: int = 1
@@ -33,6 +34,8 @@ class ParallelConfig:
     pp_microbatches: int = 0  # per optimizer micro-batch; 0: pp × stages_per_rank
     pp_stages_per_rank: int = 1  # virtual stages per rank (interleaved_1f1b needs >= 2)
     cp: int = 1
+    cp_impl: Literal["auto", "allgather_kv", "dtensor"] = "auto"  # auto: dtensor on CUDA, allgather_kv elsewhere
+    cp_rotate: Literal["allgather", "alltoall"] = "allgather"  # how dtensor ring attention passes KV shards
 
     def resolved(self, world_size: int) -> ParallelConfig:
         """A copy with ``dp_shard`` inferred from the world size (raises ValueError if it cannot be)."""
@@ -257,6 +260,9 @@ class PretrainConfig:
                 fail("parallel.cp", "context parallel together with pipeline parallel is not supported")
             if "M" in m.layer_pattern:
                 fail("parallel.cp", "Mamba layers need the whole sequence: context parallel is attention-only")
+            if r.cp_impl == "dtensor" and t.device == "cpu":
+                fail("parallel.cp_impl", "dtensor (PyTorch ring attention) needs CUDA GPUs and train.device is cpu: "
+                     "SDPA on CPU has no DTensor sharding strategy; use allgather_kv or auto")
         if r.pp > 1:
             stages = r.pp * r.pp_stages_per_rank
             if m.n_layers < stages:

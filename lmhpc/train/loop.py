@@ -25,7 +25,7 @@ from torch import nn
 from lmhpc.model.moe import MoE
 from lmhpc.train.config import PretrainConfig, SpikeGuardConfig
 from lmhpc.train.data import IGNORE_INDEX, GlobalBatches
-from lmhpc.train.parallel import ParallelDims, load_balanced_chunks
+from lmhpc.train.parallel import ParallelDims, RingContext, load_balanced_chunks, resolve_cp_impl
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,9 @@ class Trainer:
         self.loss_scale = 1.0
         cp = dims.size("cp")
         self.cp_positions = load_balanced_chunks(cfg.train.seq_len, cp, dims.coord("cp")) if cp > 1 else None
+        self.ring = None
+        if cp > 1 and resolve_cp_impl(dims.cfg.cp_impl, device.type) == "dtensor":
+            self.ring = RingContext(dims.submesh(("cp",)), cfg.train.seq_len, dims.cfg.cp_rotate, self.cp_positions)
         self.autocast = cfg.train.precision == "bf16" and not (dims.cfg.dp_shard > 1 or dims.cfg.cp > 1)
 
     # -- pieces ---------------------------------------------------------------------------------
@@ -152,6 +155,13 @@ class Trainer:
             return part.no_sync()
         return contextlib.nullcontext()
 
+    def _context_parallel(self):
+        """Yields the global positions of this rank's tokens (None without context parallel); with
+        PyTorch's ring attention, inside its context for the forward and backward."""
+        if self.ring is not None:
+            return self.ring(self.device)
+        return contextlib.nullcontext(self.cp_positions)
+
     def _set_moe_scale(self, tokens: int, chunks: int = 1) -> None:
         for layer in self.moe_layers:
             layer.loss_scale = self.loss_scale * tokens / chunks
@@ -164,8 +174,8 @@ class Trainer:
             mb_tokens = int((labels != IGNORE_INDEX).sum())
             if self.schedule is None:
                 self._set_moe_scale(mb_tokens)
-                with self._no_sync(last), self._autocast():
-                    logits = self.parts[0](tokens, self.cp_positions)
+                with self._no_sync(last), self._autocast(), self._context_parallel() as positions:
+                    logits = self.parts[0](tokens, positions)
                     loss = self.loss_fn(logits, labels)
                     loss.backward()
                 total += float(loss.detach())

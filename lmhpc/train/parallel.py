@@ -6,14 +6,22 @@ other stages' layers deleted, so parameter names stay global); then, on each sta
 sequence parallel → context parallel → float8 → activation checkpointing → ``torch.compile`` per
 block → FSDP2 over ``dp_shard × cp`` (HSDP with ``dp_replicate``) or DDP over ``dp_replicate``.
 
-Context parallel is the all-gather-KV scheme of Llama 3: each rank holds two of ``2 × cp`` sequence
-chunks (chunk ``r`` and chunk ``2cp-1-r``, so causal work is balanced), gathers every rank's keys
-and values, and attends its queries to them under a causal mask built from global positions. It
-uses plain collectives, so it runs on gloo (CPU) as on NCCL.
+Context parallel comes in two implementations (``parallel.cp_impl``); in both each rank holds two of
+``2 × cp`` sequence chunks (chunk ``r`` and chunk ``2cp-1-r``, so causal work is balanced):
+
+- ``allgather_kv``, the scheme of Llama 3: each rank gathers every rank's keys and values and attends
+  its queries to them under a causal mask built from global positions. Plain collectives, so it runs
+  on gloo (CPU) as on NCCL; memory for the gathered keys/values grows with the whole sequence.
+- ``dtensor``: PyTorch's ring attention (``torch.distributed.tensor.experimental.context_parallel``),
+  which rotates key/value shards between ranks inside the flash / memory-efficient / cuDNN SDPA
+  kernels. GPU only: SDPA on CPU has no DTensor sharding strategy.
+
+``auto`` picks ``dtensor`` on CUDA and ``allgather_kv`` elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass, field
@@ -152,9 +160,63 @@ class AllGatherKVAttention:
         return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def apply_context_parallel(model: nn.Module, dims: ParallelDims, seq_len: int) -> None:
-    group = dims.group(("cp",), "cp")
-    attend = AllGatherKVAttention(group, dims.size("cp"), seq_len)
+def resolve_cp_impl(choice: str, device_type: str) -> str:
+    """``auto`` → ``dtensor`` on CUDA, ``allgather_kv`` elsewhere; ``dtensor`` off CUDA is an error."""
+    if choice == "auto":
+        return "dtensor" if device_type == "cuda" else "allgather_kv"
+    if choice == "dtensor" and device_type != "cuda":
+        raise RuntimeError(f"pretrain.parallel.cp_impl=dtensor (PyTorch ring attention) needs CUDA GPUs; this run "
+                           f"is on {device_type}, where SDPA has no DTensor sharding strategy. Use "
+                           "cp_impl=allgather_kv (or auto) to run context parallel here.")
+    return choice
+
+
+def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """Causal SDPA that ``context_parallel`` turns into ring attention over the cp ranks. Key/value
+    heads are repeated for grouped-query attention: the ring kernels take equal head counts."""
+    if q.shape[1] != k.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class RingContext:
+    """Enters PyTorch's context parallel for one forward + backward and yields this rank's positions.
+
+    The ring kernels need the sequence laid out by torch's head-tail load balancer; handing it the
+    positions ``0..T-1`` as the one buffer to shard gives that layout, which must be the one the data
+    was cut with (:func:`load_balanced_chunks`): it is checked on first use.
+    """
+
+    def __init__(self, mesh, seq_len: int, rotate: str, expected: torch.Tensor) -> None:
+        from torch.distributed.tensor.experimental._attention import set_rotate_method
+
+        self.mesh = mesh
+        self.seq_len = seq_len
+        self.expected = expected
+        self.checked = False
+        set_rotate_method(rotate)
+
+    @contextlib.contextmanager
+    def __call__(self, device: torch.device):
+        from torch.distributed.tensor.experimental import context_parallel
+
+        positions = torch.arange(self.seq_len, device=device)
+        with context_parallel(self.mesh, buffers=[positions], buffer_seq_dims=[0], no_restore_buffers={positions}):
+            if not self.checked:
+                if not torch.equal(positions.cpu(), self.expected):
+                    raise RuntimeError("torch's context-parallel load balancer lays the sequence out differently "
+                                       f"from lmhpc's chunks ({positions.tolist()[:8]}… vs "
+                                       f"{self.expected.tolist()[:8]}…); use parallel.cp_impl=allgather_kv")
+                self.checked = True
+            yield positions
+
+
+def apply_context_parallel(model: nn.Module, dims: ParallelDims, seq_len: int, impl: str) -> None:
+    if impl == "dtensor":
+        attend = ring_attention
+    else:
+        attend = AllGatherKVAttention(dims.group(("cp",), "cp"), dims.size("cp"), seq_len)
     for module in model.modules():
         if isinstance(module, Attention):
             module.attend = attend
@@ -302,7 +364,7 @@ def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, devi
     if cfg.tp > 1:
         apply_tensor_parallel(model, dims.submesh(("tp",)), cfg.sequence_parallel)
     if cfg.cp > 1:
-        apply_context_parallel(model, dims, train.seq_len)
+        apply_context_parallel(model, dims, train.seq_len, resolve_cp_impl(cfg.cp_impl, device.type))
     if train.fp8:
         apply_float8(model, train, device.type)
     if train.activation_checkpointing == "full":

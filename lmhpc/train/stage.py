@@ -58,7 +58,9 @@ def init_distributed(rank: int, world_size: int, device: torch.device) -> bool:
     if world_size == 1:
         dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1, timeout=timeout)
     else:
-        backend = "cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo"
+        # LMHPC_DIST_BACKEND overrides the choice, e.g. "gloo" for several ranks sharing one GPU
+        # (NCCL refuses two ranks on the same device)
+        backend = os.environ.get("LMHPC_DIST_BACKEND") or ("cuda:nccl,cpu:gloo" if device.type == "cuda" else "gloo")
         dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
     return True
 

@@ -34,6 +34,8 @@ def test_defaults_and_inferred_dp_shard(make_config):
     (2, {"parallel": {"pp": 2, "pp_microbatches": 3}}, "pretrain.parallel.pp_microbatches", "split"),
     (2, {"parallel": {"pp": 2, "pp_schedule": "interleaved_1f1b"}}, "pretrain.parallel.pp_stages_per_rank", ">= 2"),
     (4, {"parallel": {"pp": 2, "cp": 2}}, "pretrain.parallel.cp", "pipeline"),
+    (2, {"parallel": {"cp": 2, "cp_impl": "dtensor"}, "train": {"device": "cpu"}}, "pretrain.parallel.cp_impl",
+     "CUDA"),
     (2, {"parallel": {"tp": 2, "sequence_parallel": False}}, "pretrain.parallel.sequence_parallel", "sequence"),
     (1, {"model": {"layer_pattern": "AX"}}, "pretrain.model.layer_pattern", "letters"),
     (1, {"train": {"seq_len": 128}}, "pretrain.model.max_seq_len", "shorter"),
