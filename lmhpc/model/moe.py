@@ -10,6 +10,10 @@
 - Hash routing (Roller et al., 2021): every token id goes to a fixed random expert; no router
   parameters, no auxiliary loss.
 The layer keeps per-expert token counts and the auxiliary losses of the last steps for metrics.
+
+Routing, capacity and combining happen here; the expert computation goes through one hook,
+``self.experts(rows, counts)`` (rows grouped by expert, ``counts[e]`` rows each), which expert
+parallelism (:mod:`lmhpc.train.parallel`) replaces with an all-to-all to the ranks owning the experts.
 """
 
 from __future__ import annotations
@@ -38,6 +42,19 @@ class _AttachAuxLoss(torch.autograd.Function):
         return grad_out, grad_aux, None
 
 
+def kept_assignments(flat_expert: torch.Tensor, num_experts: int,
+                     capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (token, choice) assignments each expert keeps: its first ``capacity`` in token order.
+
+    Returns the kept assignment indices grouped by expert (token order within an expert), the kept
+    count per expert, and the routed count per expert (before the capacity cut)."""
+    order = torch.argsort(flat_expert, stable=True)
+    counts = torch.bincount(flat_expert, minlength=num_experts)
+    starts = torch.cumsum(counts, 0) - counts
+    rank_in_expert = torch.arange(flat_expert.numel(), device=flat_expert.device) - starts[flat_expert[order]]
+    return order[rank_in_expert < capacity], counts.clamp(max=capacity), counts
+
+
 class MoE(nn.Module):
     """SwiGLU experts stored as stacked weights (experts, in, out), routed per token."""
 
@@ -54,6 +71,7 @@ class MoE(nn.Module):
             table = torch.randint(0, e, (vocab_size,), generator=torch.Generator().manual_seed(args.hash_seed))
             self.register_buffer("hash_table", table, persistent=False)
         self.loss_scale = 1.0
+        self.experts = self.local_experts  # replaced by expert parallelism
         self.register_buffer("tokens_per_expert", torch.zeros(e), persistent=False)
         self.register_buffer("dropped_tokens", torch.zeros(()), persistent=False)
         self.register_buffer("aux_losses", torch.zeros(2), persistent=False)  # load balance, z-loss (sums)
@@ -86,6 +104,18 @@ class MoE(nn.Module):
         aux = self.args.load_balance_coef * balance + self.args.z_loss_coef * z_loss
         return experts, weights.to(x.dtype), aux
 
+    def run_experts(self, rows: torch.Tensor, counts: list[int], w1: torch.Tensor, w3: torch.Tensor,
+                    w2: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of expert ``e`` (weights ``w*[e]``) on its segment of ``rows`` (segments in expert order).
+        Every expert runs, also on no rows, so every weight gets a gradient."""
+        outs = []
+        for e, h in enumerate(rows.split(counts)):
+            outs.append((F.silu(h @ w1[e].to(h.dtype)) * (h @ w3[e].to(h.dtype))) @ w2[e].to(h.dtype))
+        return torch.cat(outs)
+
+    def local_experts(self, rows: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        return self.run_experts(rows, counts, self.w1, self.w3, self.w2)
+
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
@@ -97,19 +127,13 @@ class MoE(nn.Module):
         token_of = torch.arange(n, device=x.device).repeat_interleave(k)
         capacity = math.ceil(self.args.capacity_factor * n * k / self.args.num_experts) \
             if self.args.capacity_factor > 0 else n * k
-        out = torch.zeros_like(flat)
-        counts = torch.bincount(flat_expert, minlength=self.args.num_experts)
-        for e in range(self.args.num_experts):
-            slots = (flat_expert == e).nonzero().squeeze(-1)[:capacity]
-            if slots.numel() == 0:
-                continue
-            tokens = token_of[slots]
-            h = flat[tokens]
-            y = (F.silu(h @ self.w1[e]) * (h @ self.w3[e])) @ self.w2[e]
-            out.index_add_(0, tokens, y * flat_weight[slots, None])
+        kept, kept_counts, counts = kept_assignments(flat_expert, self.args.num_experts, capacity)
+        tokens = token_of[kept]
+        y = self.experts(flat[tokens], kept_counts.tolist())
+        out = torch.zeros_like(flat).index_add_(0, tokens, y * flat_weight[kept, None])
         with torch.no_grad():
             self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
-            self.dropped_tokens += (counts - counts.clamp(max=capacity)).sum()
+            self.dropped_tokens += (counts - kept_counts).sum()
         out = out.view(shape)
         if aux.requires_grad:
             out = _AttachAuxLoss.apply(out, aux, float(self.loss_scale))

@@ -23,6 +23,8 @@ class ParallelConfig:
     - ``tp > 1`` always comes with sequence parallel in this backend.
     - ``tp``: tensor parallel (+ sequence parallel); ``pp``: pipeline stages; ``cp``: context parallel,
       ``cp_impl`` ``dtensor`` (PyTorch ring attention, GPU only) or ``allgather_kv`` (any device).
+    - ``ep``: expert parallel, borrowed from ``dp_shard`` (it divides it): each group of ``ep`` ranks
+      splits the MoE experts and exchanges tokens by all-to-all; the world size does not change.
     """
 
     dp_replicate: int = 1
@@ -36,6 +38,7 @@ class ParallelConfig:
     cp: int = 1
     cp_impl: Literal["auto", "allgather_kv", "dtensor"] = "auto"  # auto: dtensor on CUDA, allgather_kv elsewhere
     cp_rotate: Literal["allgather", "alltoall"] = "allgather"  # how dtensor ring attention passes KV shards
+    ep: int = 1  # expert parallel: MoE experts split over this many of the dp_shard ranks (not a mesh factor)
 
     def resolved(self, world_size: int) -> ParallelConfig:
         """A copy with ``dp_shard`` inferred from the world size (raises ValueError if it cannot be)."""
@@ -163,6 +166,7 @@ class PretrainConfig:
                            ("train.micro_batch_size", t.micro_batch_size), ("train.grad_accum", t.grad_accum),
                            ("parallel.dp_replicate", p.dp_replicate), ("parallel.tp", p.tp), ("parallel.pp", p.pp),
                            ("parallel.cp", p.cp), ("parallel.pp_stages_per_rank", p.pp_stages_per_rank),
+                           ("parallel.ep", p.ep),
                            ("train.vocab_multiple_of", t.vocab_multiple_of),
                            ("metrics.log_every", self.metrics.log_every)):
             if value < 1:
@@ -263,6 +267,18 @@ class PretrainConfig:
             if r.cp_impl == "dtensor" and t.device == "cpu":
                 fail("parallel.cp_impl", "dtensor (PyTorch ring attention) needs CUDA GPUs and train.device is cpu: "
                      "SDPA on CPU has no DTensor sharding strategy; use allgather_kv or auto")
+        if r.ep > 1:
+            if not m.moe.num_experts:
+                fail("parallel.ep", "expert parallel needs an MoE model (model.moe.num_experts > 0)")
+            if m.moe.num_experts % r.ep:
+                fail("parallel.ep", f"model.moe.num_experts={m.moe.num_experts} is not divisible by ep={r.ep}")
+            if r.dp_shard % r.ep:
+                fail("parallel.ep", f"ep={r.ep} must divide dp_shard={r.dp_shard} (it borrows FSDP ranks)")
+            if r.tp > 1 or r.pp > 1 or r.cp > 1:
+                fail("parallel.ep", "expert parallel runs with data parallel only in this backend (tp = pp = cp = 1)")
+            if t.compile:
+                fail("train.compile", "expert parallel's all-to-all does not compile into a full graph: set "
+                     "train.compile=false with parallel.ep > 1")
         if r.pp > 1:
             stages = r.pp * r.pp_stages_per_rank
             if m.n_layers < stages:

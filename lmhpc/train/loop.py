@@ -25,7 +25,14 @@ from torch import nn
 from lmhpc.model.moe import MoE
 from lmhpc.train.config import PretrainConfig, SpikeGuardConfig
 from lmhpc.train.data import IGNORE_INDEX, GlobalBatches
-from lmhpc.train.parallel import ParallelDims, RingContext, load_balanced_chunks, resolve_cp_impl
+from lmhpc.train.parallel import (
+    ParallelDims,
+    RingContext,
+    is_expert_param,
+    load_balanced_chunks,
+    resolve_cp_impl,
+    sync_expert_grads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,8 @@ class Trainer:
         self.has_last = has_last_stage
         self.guard = SpikeGuard(cfg.spike)
         self.params = [p for part in model_parts for p in part.parameters() if p.requires_grad]
+        self.expert_params = [p for p in self.params if is_expert_param(p)]
+        self.other_params = [p for p in self.params if not is_expert_param(p)]
         self.moe_layers = [m for part in model_parts for m in part.modules() if isinstance(m, MoE)]
         self.loss_scale = 1.0
         cp = dims.size("cp")
@@ -190,19 +199,21 @@ class Trainer:
         return total
 
     def grad_norm(self) -> torch.Tensor:
-        """The global L2 norm of all gradients (across FSDP/TP shards and pipeline stages)."""
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            norm = torch.zeros((), device=self.device)
-        else:
-            norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
-        if hasattr(norm, "full_tensor"):
-            norm = norm.full_tensor()
+        """The global L2 norm of all gradients (across FSDP/TP shards, expert shards and pipeline stages)."""
+        norm = self._norm([p.grad for p in self.other_params if p.grad is not None])
+        if self.expert_params:  # DTensors of another mesh: their own norm, combined
+            norm = torch.hypot(norm, self._norm([p.grad for p in self.expert_params]))
         if self.dims.size("pp") > 1:
             sq = norm.pow(2)
             dist.all_reduce(sq, group=self.dims.group(("pp",), "pp"))
             norm = sq.sqrt()
         return norm
+
+    def _norm(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        if not grads:
+            return torch.zeros((), device=self.device)
+        norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     # -- the step -------------------------------------------------------------------------------
     def prepare_step(self, data_step: int, stop_requested: bool) -> tuple[PreparedStep, bool]:
@@ -220,6 +231,8 @@ class Trainer:
         batches, global_tokens = prepared.batches, prepared.global_tokens
         self.loss_scale = self.dims.grad_average_size / max(global_tokens, 1.0)
         loss_share = self.forward_backward(batches)
+        if self.expert_params:
+            sync_expert_grads(self.expert_params, self.dims)
         norm = self.grad_norm()
         counted = self.has_last and self.dims.coord("tp") == 0
         (loss_sum,) = _all_reduce_world([loss_share if counted else 0.0])
@@ -237,7 +250,9 @@ class Trainer:
         else:
             self.guard.accept(loss)
             if self.cfg.optimizer.grad_clip > 0:
-                torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.optimizer.grad_clip, norm, foreach=True)
+                for group in (self.other_params, self.expert_params):  # one device mesh per call
+                    if group:
+                        torch.nn.utils.clip_grads_with_norm_(group, self.cfg.optimizer.grad_clip, norm, foreach=True)
             for opt in self.optimizers:
                 opt.step()
         for opt in self.optimizers:

@@ -15,8 +15,10 @@ NO_DECAY_NAMES = ("A_log", "D", "dt_proj.bias")
 
 def param_groups(model: nn.Module, args: ModelArgs, cfg: OptimizerConfig) -> list[dict]:
     """Groups with an ``lr_mult``: under μP hidden matrices learn at ``lr / width_mult``; embeddings,
-    the output layer and vectors at ``lr``. Vectors (norm gains, biases, SSM parameters) have no decay."""
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    the output layer and vectors at ``lr``. Vectors (norm gains, biases, SSM parameters) have no decay.
+    Expert weights sharded by expert parallel live on another device mesh than the FSDP shards, so
+    they get groups of their own (the optimizer's foreach kernels run per group)."""
+    groups: dict[tuple[float, float, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -24,9 +26,10 @@ def param_groups(model: nn.Module, args: ModelArgs, cfg: OptimizerConfig) -> lis
         embedding_or_output = "tok_embeddings" in name or name.split(".")[-2:-1] == ["output"]
         lr_mult = 1.0 if (vector or embedding_or_output or not args.mup_base_dim) else 1.0 / args.width_mult
         decay = 0.0 if vector else cfg.weight_decay
-        groups.setdefault((lr_mult, decay), []).append(param)
+        expert = getattr(getattr(param, "device_mesh", None), "mesh_dim_names", None) == ("ep",)
+        groups.setdefault((lr_mult, decay, expert), []).append(param)
     return [{"params": ps, "lr": cfg.lr * mult, "lr_mult": mult, "weight_decay": decay}
-            for (mult, decay), ps in sorted(groups.items(), key=lambda kv: kv[0])]
+            for (mult, decay, _), ps in sorted(groups.items(), key=lambda kv: kv[0])]
 
 
 def build_optimizer(model: nn.Module, args: ModelArgs, cfg: OptimizerConfig) -> torch.optim.AdamW:

@@ -1,10 +1,12 @@
 """4D parallelism for the plain model of :mod:`lmhpc.model.transformer`, applied from the outside.
 
 The device mesh has the dimensions ``pp × dp_replicate × dp_shard × cp × tp`` (those of size 1 are
-left out). In torchtitan's order: pipeline stages are cut first (each a copy of the model with the
-other stages' layers deleted, so parameter names stay global); then, on each stage, tensor and
-sequence parallel → context parallel → float8 → activation checkpointing → ``torch.compile`` per
-block → FSDP2 over ``dp_shard × cp`` (HSDP with ``dp_replicate``) or DDP over ``dp_replicate``.
+left out); expert parallel splits MoE experts over ``ep`` of the data-parallel ranks. In
+torchtitan's order: pipeline stages are cut first (each a copy of the model with the other stages'
+layers deleted, so parameter names stay global); then, on each stage, tensor and sequence parallel →
+context parallel → expert parallel → float8 → activation checkpointing → ``torch.compile`` per block
+→ FSDP2 over ``dp_shard × cp`` (HSDP with ``dp_replicate``; expert weights left to EP) or DDP over
+``dp_replicate``.
 
 Context parallel comes in two implementations (``parallel.cp_impl``); in both each rank holds two of
 ``2 × cp`` sequence chunks (chunk ``r`` and chunk ``2cp-1-r``, so causal work is balanced):
@@ -48,6 +50,7 @@ class ParallelDims:
     world_size: int = 1
     device_type: str = "cpu"
     mesh: object | None = None  # DeviceMesh over the dims of size > 1
+    ep_mesh: object | None = None  # ("ep_replica", "ep") over the world when expert parallel
     coords: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -63,6 +66,13 @@ class ParallelDims:
             dims.mesh = mesh
             dims.coords = {n: mesh.get_local_rank(n) for n in present}
             dims._flat: dict[str, object] = {}
+        if resolved.ep > 1:
+            # expert parallel borrows data-parallel ranks: blocks of ep consecutive ranks (within one
+            # dp_shard group, as tp = pp = cp = 1) share the experts; "ep_replica" holds their copies
+            from torch.distributed.device_mesh import DeviceMesh
+
+            dims.ep_mesh = DeviceMesh(device_type, torch.arange(world_size).reshape(-1, resolved.ep),
+                                      mesh_dim_names=("ep_replica", "ep"))
         return dims
 
     def size(self, name: str) -> int:
@@ -223,6 +233,103 @@ def apply_context_parallel(model: nn.Module, dims: ParallelDims, seq_len: int, i
 
 
 # ---------------------------------------------------------------------------------------------
+# expert parallel
+
+
+class _AllToAll(torch.autograd.Function):
+    """Rows exchanged between ranks with uneven splits; backward sends the gradients back the same way."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:  # type: ignore[override]
+        ctx.group, ctx.out_splits, ctx.in_splits = group, out_splits, in_splits
+        out = x.new_empty((sum(out_splits), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        back = grad.new_empty((sum(ctx.in_splits), *grad.shape[1:]))
+        dist.all_to_all_single(back, grad.contiguous(), ctx.in_splits, ctx.out_splits, group=ctx.group)
+        return back, None, None, None
+
+
+class ExpertParallel:
+    """Experts of one MoE layer split over the ``ep`` ranks: rank ``r`` owns experts
+    ``[r·E/ep, (r+1)·E/ep)``. Each rank routes its own tokens (capacity as without EP), sends each
+    kept row to the rank owning its expert (all-to-all), runs its experts on what it received, and
+    sends the outputs back; the layer combines them as usual. Expert weights are DTensors sharded
+    on dim 0 over the ``ep`` mesh, so checkpoints hold every expert once and reshard on load."""
+
+    def __init__(self, moe: nn.Module, ep_mesh) -> None:
+        from torch.distributed.tensor import DTensor, Shard
+
+        self.moe = moe
+        self.mesh = ep_mesh["ep"]
+        self.group = self.mesh.get_group()
+        self.ep = self.mesh.size()
+        rank = self.mesh.get_local_rank()
+        self.local = moe.args.num_experts // self.ep
+        for name in EXPERT_WEIGHTS:
+            full = getattr(moe, name).detach()
+            local = full[rank * self.local:(rank + 1) * self.local].clone()
+            setattr(moe, name, nn.Parameter(DTensor.from_local(local, self.mesh, [Shard(0)], run_check=False)))
+        moe.experts = self
+
+    def __call__(self, rows: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        moe = self.moe
+        send = torch.tensor(counts, dtype=torch.int64)
+        recv = torch.empty_like(send)
+        dist.all_to_all_single(recv, send, group=self.group)  # recv[r·L + j]: rows rank r sends expert j
+        recv = recv.view(self.ep, self.local)
+        in_splits = send.view(self.ep, self.local).sum(1).tolist()
+        out_splits = recv.sum(1).tolist()
+        received = _AllToAll.apply(rows, out_splits, in_splits, self.group)
+        # received rows come grouped by source rank, then by local expert: regroup by expert
+        expert_of_row = torch.arange(self.local).repeat(self.ep).repeat_interleave(recv.flatten())
+        order = torch.argsort(expert_of_row, stable=True).to(rows.device)
+        weights = [getattr(moe, name).to_local() for name in EXPERT_WEIGHTS]
+        y_sorted = moe.run_experts(received[order], recv.sum(0).tolist(), *weights)
+        y = y_sorted[torch.argsort(order)]  # back to the received order
+        return _AllToAll.apply(y, in_splits, out_splits, self.group)
+
+
+EXPERT_WEIGHTS = ("w1", "w3", "w2")
+
+
+def apply_expert_parallel(model: nn.Module, dims: ParallelDims) -> list[nn.Parameter]:
+    """Shard every MoE layer's experts over the ``ep`` ranks; returns the expert parameters."""
+    from lmhpc.model.moe import MoE
+
+    params = []
+    for module in model.modules():
+        if isinstance(module, MoE):
+            ExpertParallel(module, dims.ep_mesh)
+            params += [getattr(module, name) for name in EXPERT_WEIGHTS]
+    return params
+
+
+def is_expert_param(param: torch.Tensor) -> bool:
+    """An expert weight sharded by expert parallel (a DTensor on the ``ep`` mesh)."""
+    mesh = getattr(param, "device_mesh", None)
+    return mesh is not None and mesh.mesh_dim_names == ("ep",)
+
+
+def sync_expert_grads(params: list[nn.Parameter], dims: ParallelDims) -> None:
+    """Expert gradients after backward: each owner summed the contributions of its ``ep`` ranks'
+    tokens (through the all-to-all); summing over the copies in ``ep_replica`` and dividing by the
+    data-parallel averaging size gives what FSDP gives the other parameters (the global mean)."""
+    replicas = dims.ep_mesh["ep_replica"]
+    scale = 1.0 / dims.grad_average_size
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        local = p.grad.to_local()
+        if replicas.size() > 1:
+            dist.all_reduce(local, group=replicas.get_group())
+        local.mul_(scale)
+
+
+# ---------------------------------------------------------------------------------------------
 # tensor / sequence parallel
 
 
@@ -345,26 +452,31 @@ def apply_compile(model: Transformer) -> None:
         model.layers[name] = torch.compile(block, fullgraph=True)
 
 
-def apply_fsdp(model: Transformer, mesh, param_dtype: torch.dtype | None, reshard_after_forward: bool) -> None:
+def apply_fsdp(model: Transformer, mesh, param_dtype: torch.dtype | None, reshard_after_forward: bool,
+               ignored: set[nn.Parameter] | None = None) -> None:
+    """FSDP2 per block, then the tail (norm + output) and the root; ``ignored``: parameters FSDP leaves
+    alone (expert weights, sharded by expert parallel instead)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    kw = {"mesh": mesh, "mp_policy": mp, "ignored_params": ignored or None}
     for block in model.layers.values():
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, reshard_after_forward=reshard_after_forward, **kw)
     tail = [m for m in (model.norm, model.output) if m is not None]
     if tail and not model.args.tie_embeddings:
-        fully_shard(tail, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
-    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+        fully_shard(tail, reshard_after_forward=False, **kw)
+    fully_shard(model, reshard_after_forward=reshard_after_forward, **kw)
 
 
 def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, device: torch.device) -> nn.Module:
-    """Apply TP/SP → CP → float8 → AC → compile → FSDP2/HSDP or DDP to one model (or stage)."""
+    """Apply TP/SP → CP → EP → float8 → AC → compile → FSDP2/HSDP or DDP to one model (or stage)."""
     cfg = dims.cfg
     model.to(device)
     if cfg.tp > 1:
         apply_tensor_parallel(model, dims.submesh(("tp",)), cfg.sequence_parallel)
     if cfg.cp > 1:
         apply_context_parallel(model, dims, train.seq_len, resolve_cp_impl(cfg.cp_impl, device.type))
+    experts = set(apply_expert_parallel(model, dims)) if cfg.ep > 1 else set()
     if train.fp8:
         apply_float8(model, train, device.type)
     if train.activation_checkpointing == "full":
@@ -384,7 +496,7 @@ def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, devi
         else:
             mesh = shard
         param_dtype = torch.bfloat16 if train.precision == "bf16" else None
-        apply_fsdp(model, mesh, param_dtype, reshard_after_forward=cfg.pp == 1)
+        apply_fsdp(model, mesh, param_dtype, reshard_after_forward=cfg.pp == 1, ignored=experts)
         return model
     if cfg.dp_replicate > 1:
         from torch.nn.parallel import DistributedDataParallel

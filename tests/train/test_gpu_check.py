@@ -39,3 +39,11 @@ def test_configs_validate_and_the_model_is_about_1b(tool, tmp_path, mode):
 def test_without_cuda_it_stops_with_a_clear_message(tool, capsys):
     assert tool.main(["--steps", "1"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("impl", ["dtensor", "allgather_kv"])
+def test_context_parallel_configs_validate_for_ranks_sharing_a_gpu(tool, tmp_path, impl):
+    section = tool.cp_section(tmp_path / "data", 2, impl, "bf16", steps=5, rotate="alltoall")
+    cfg = tool.run_config(section, tmp_path, f"cp-{impl}", tasks=2, gpus=0)
+    assert cfg.pretrain.parallel.resolved(2).cp == 2
+    assert cfg.pretrain.parallel.cp_impl == impl and cfg.pretrain.parallel.cp_rotate == "alltoall"
