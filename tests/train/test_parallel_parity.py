@@ -59,6 +59,9 @@ SLOW_LAYOUTS = {
     "pp2_tp2": ({"pp": 2, "tp": 2, "pp_microbatches": 2}, 4, 4, {}),
     "cp2_tp2": ({"cp": 2, "tp": 2}, 4, 4, {}),
     "cp2_fsdp2": ({"cp": 2, "dp_shard": 2}, 2, 4, {}),
+    # 3D: 8 ranks (tiny, but every mesh dimension at once)
+    "pp2_fsdp2_tp2": ({"pp": 2, "dp_shard": 2, "tp": 2, "pp_microbatches": 2}, 2, 8, {}),
+    "cp2_fsdp2_tp2": ({"cp": 2, "dp_shard": 2, "tp": 2}, 2, 8, {}),
 }
 PARAMS = [pytest.param(n, id=n) for n in LAYOUTS] + \
     [pytest.param(n, id=n, marks=pytest.mark.slow) for n in SLOW_LAYOUTS]
