@@ -1,7 +1,8 @@
 """GPU check of the pretrain stage: a ~1B Llama-style model trained for a few minutes on one GPU,
 in bf16 and in fp8 (torchao float8, tensorwise), printing tokens/s and MFU of each; and, with
 ``--cp``, context parallel with PyTorch's ring attention (``parallel.cp_impl=dtensor``) against a
-run without context parallel.
+run without context parallel; with ``--ep``, expert parallel (ep=2) against the same two FSDP ranks
+without it.
 
 It runs the real stage code (``lmhpc.train.stage.run``) on synthetic tokens written as a Megatron
 ``.bin/.idx`` dataset, so what it measures is what a pretrain job does. MFU is against the GPU's
@@ -15,6 +16,7 @@ use NCCL, one GPU each.
     python tools/gpu_check_pretrain.py                     # bf16 then fp8, 150 steps each
     python tools/gpu_check_pretrain.py --modes bf16 --steps 50 --no-compile
     python tools/gpu_check_pretrain.py --modes none --cp   # only the context-parallel check
+    python tools/gpu_check_pretrain.py --modes none --ep   # only the expert-parallel check
     python tools/gpu_check_pretrain.py --out check.json    # also write the figures as JSON
 
 Without CUDA it stops at once with exit code 2 and says so.
@@ -170,25 +172,49 @@ def launch_ranks(section: dict[str, Any], work: Path, name: str, world: int,
     return [json.loads(line)["loss"] for line in lines]
 
 
+def compare(name: str, section: dict[str, Any], work: Path, world: int, ref: list[float], ref_name: str,
+            tolerance: float) -> dict[str, Any]:
+    """Run ``section`` on ``world`` ranks; its largest relative per-step loss gap to ``ref``."""
+    print(f"== {name}: {len(ref)} steps against {ref_name}", flush=True)
+    try:
+        losses = launch_ranks(section, work, name, world)
+    except RuntimeError as e:
+        return {"run": name, "ref": ref_name, "ok": False, "error": str(e)}
+    gap = max(abs(a - b) / abs(b) for a, b in zip(losses, ref))
+    return {"run": name, "ref": ref_name, "ok": gap <= tolerance and len(losses) == len(ref), "max_rel_gap": gap,
+            "tolerance": tolerance, "first_loss": losses[0], "last_loss": losses[-1], "ref_last_loss": ref[-1]}
+
+
+TOLERANCES = {"fp32": 2e-3, "bf16": 3e-2}
+
+
 def check_cp(work: Path, prefix: Path, steps: int, precisions: list[str], rotate: str) -> list[dict[str, Any]]:
-    """cp=2 (ring attention; all-gather-KV) against cp=1, per precision: the largest relative loss gap."""
+    """cp=2 (ring attention; all-gather-KV) against cp=1, per precision."""
     out = []
-    tolerances = {"fp32": 2e-3, "bf16": 3e-2}
     for precision in precisions:
-        tolerance = tolerances[precision]
         ref = launch_ranks(cp_section(prefix, 1, "auto", precision, steps), work, f"cp1-{precision}", 1)
         for impl in ("dtensor", "allgather_kv"):
-            name = f"cp2-{impl}-{precision}"
-            print(f"== {name}: {steps} steps against cp1", flush=True)
-            try:
-                losses = launch_ranks(cp_section(prefix, 2, impl, precision, steps, rotate), work, name, 2)
-            except RuntimeError as e:
-                out.append({"run": name, "ok": False, "error": str(e)})
-                continue
-            gap = max(abs(a - b) / abs(b) for a, b in zip(losses, ref))
-            out.append({"run": name, "ok": gap <= tolerance and len(losses) == len(ref), "max_rel_gap": gap,
-                        "tolerance": tolerance, "first_loss": losses[0], "last_loss": losses[-1],
-                        "ref_last_loss": ref[-1]})
+            out.append(compare(f"cp2-{impl}-{precision}", cp_section(prefix, 2, impl, precision, steps, rotate),
+                               work, 2, ref, "cp1", TOLERANCES[precision]))
+    return out
+
+
+def ep_section(prefix: Path, ep: int, precision: str, steps: int) -> dict[str, Any]:
+    """An 8-expert top-2 MoE model on 2 FSDP ranks, with its experts split over ``ep`` of them."""
+    section = cp_section(prefix, 1, "auto", precision, steps)
+    section["model"]["moe"] = {"num_experts": 8, "top_k": 2, "capacity_factor": 1.25}
+    section["train"]["seq_len"] = 1024
+    section["parallel"] = {"dp_shard": 2, "ep": ep}
+    return section
+
+
+def check_ep(work: Path, prefix: Path, steps: int, precisions: list[str]) -> list[dict[str, Any]]:
+    """ep=2 against the same 2 FSDP ranks without expert parallel (same routing and capacity per rank)."""
+    out = []
+    for precision in precisions:
+        ref = launch_ranks(ep_section(prefix, 1, precision, steps), work, f"fsdp2-moe-{precision}", 2)
+        out.append(compare(f"ep2-{precision}", ep_section(prefix, 2, precision, steps), work, 2, ref, "fsdp2",
+                           TOLERANCES[precision]))
     return out
 
 
@@ -196,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", default="bf16,fp8", help="bf16 and/or fp8 throughput runs; 'none' for none")
     p.add_argument("--cp", action="store_true", help="also check context parallel (ring attention) against cp=1")
-    p.add_argument("--cp-steps", type=int, default=20)
-    p.add_argument("--cp-precisions", default="fp32,bf16")
+    p.add_argument("--ep", action="store_true", help="also check expert parallel (ep=2) against FSDP without it")
+    p.add_argument("--cp-steps", type=int, default=20, help="steps of each --cp / --ep run")
+    p.add_argument("--cp-precisions", default="fp32,bf16", help="precisions of the --cp / --ep runs")
     p.add_argument("--cp-rotate", default="auto", choices=["auto", "allgather", "alltoall"],
                    help="how ring attention passes KV shards; auto: alltoall when two ranks share one GPU over "
                         "gloo (gloo's functional all-gather of CUDA tensors crashes), else allgather")
@@ -232,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    results, cp_results = [], []
+    results, cp_results, ep_results = [], [], []
     with tempfile.TemporaryDirectory(prefix="lmhpc-gpu-check-") as tmp:
         work = Path(tmp)
         prefix = write_tokens(work, tokens=max(args.steps * args.batch * (args.seq_len + 1),
@@ -248,27 +275,30 @@ def main(argv: list[str] | None = None) -> int:
             if rotate == "auto":
                 rotate = "alltoall" if torch.cuda.device_count() < 2 else "allgather"
             cp_results = check_cp(work, prefix, args.cp_steps, args.cp_precisions.split(","), rotate)
+        if args.ep:
+            ep_results = check_ep(work, prefix, args.cp_steps, args.cp_precisions.split(","))
 
-    print(f"\n{'mode':<6}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU %':>8}{'mem GiB':>9}{'loss':>8}")
+    if results:
+        print(f"\n{'mode':<6}{'tokens/s':>12}{'TFLOP/s':>10}{'MFU %':>8}{'mem GiB':>9}{'loss':>8}")
     for r in results:
         mfu = f"{r['mfu_pct']:.1f}" if r["mfu_pct"] is not None else "n/a"
         print(f"{r['mode']:<6}{r['tokens_per_s']:>12,.0f}{r['tflops']:>10.1f}{mfu:>8}"
               f"{r['max_allocated_gib']:>9.1f}{r['final_loss']:>8.3f}")
     if results:
         print("MFU is against the dense BF16 peak of the GPU (fp8 runs included, labelled).")
-    for r in cp_results:
+    for r in cp_results + ep_results:
         if "error" in r:
             print(f"{r['run']:<24} FAILED: {r['error']}")
         else:
-            print(f"{r['run']:<24} max relative loss gap to cp1 {r['max_rel_gap']:.2e} (tolerance "
+            print(f"{r['run']:<24} max relative loss gap to {r['ref']} {r['max_rel_gap']:.2e} (tolerance "
                   f"{r['tolerance']:.0e}) {'ok' if r['ok'] else 'TOO LARGE'}; loss {r['first_loss']:.3f} → "
-                  f"{r['last_loss']:.3f} (cp1 {r['ref_last_loss']:.3f})")
+                  f"{r['last_loss']:.3f} ({r['ref']} {r['ref_last_loss']:.3f})")
     if args.out:
         Path(args.out).write_text(json.dumps({"device": name, "capability": list(cap), "torch": torch.__version__,
                                               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                              "results": results, "context_parallel": cp_results},
-                                             indent=2) + "\n")
-    return 0 if all(r["ok"] for r in cp_results) else 1
+                                              "results": results, "context_parallel": cp_results,
+                                              "expert_parallel": ep_results}, indent=2) + "\n")
+    return 0 if all(r["ok"] for r in cp_results + ep_results) else 1
 
 
 if __name__ == "__main__":

@@ -47,3 +47,11 @@ def test_context_parallel_configs_validate_for_ranks_sharing_a_gpu(tool, tmp_pat
     cfg = tool.run_config(section, tmp_path, f"cp-{impl}", tasks=2, gpus=0)
     assert cfg.pretrain.parallel.resolved(2).cp == 2
     assert cfg.pretrain.parallel.cp_impl == impl and cfg.pretrain.parallel.cp_rotate == "alltoall"
+
+
+@pytest.mark.parametrize("ep", [1, 2])
+def test_expert_parallel_configs_validate(tool, tmp_path, ep):
+    cfg = tool.run_config(tool.ep_section(tmp_path / "data", ep, "bf16", steps=5), tmp_path, f"ep{ep}", tasks=2,
+                          gpus=0)
+    assert cfg.pretrain.parallel.resolved(2).dp_shard == 2 and cfg.pretrain.parallel.ep == ep
+    assert cfg.pretrain.model.moe.num_experts == 8
