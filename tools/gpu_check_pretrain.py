@@ -180,6 +180,8 @@ def compare(name: str, section: dict[str, Any], work: Path, world: int, ref: lis
         losses = launch_ranks(section, work, name, world)
     except RuntimeError as e:
         return {"run": name, "ref": ref_name, "ok": False, "error": str(e)}
+    if not losses:
+        return {"run": name, "ref": ref_name, "ok": False, "error": "no metrics were written"}
     gap = max(abs(a - b) / abs(b) for a, b in zip(losses, ref))
     return {"run": name, "ref": ref_name, "ok": gap <= tolerance and len(losses) == len(ref), "max_rel_gap": gap,
             "tolerance": tolerance, "first_loss": losses[0], "last_loss": losses[-1], "ref_last_loss": ref[-1]}

@@ -42,6 +42,12 @@ class _AttachAuxLoss(torch.autograd.Function):
         return grad_out, grad_aux, None
 
 
+def _first_pass() -> bool:
+    """False while activation checkpointing recomputes the forward inside backward: statistics are
+    counted once per token."""
+    return torch._C._current_graph_task_id() == -1
+
+
 def kept_assignments(flat_expert: torch.Tensor, num_experts: int,
                      capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (token, choice) assignments each expert keeps: its first ``capacity`` in token order.
@@ -98,9 +104,10 @@ class MoE(nn.Module):
         fraction = routed.mean(dim=0) / self.args.top_k
         balance = e * (fraction * probs.mean(dim=0)).sum()
         z_loss = torch.logsumexp(logits, dim=-1).pow(2).mean()
-        with torch.no_grad():
-            self.aux_losses += torch.stack([balance.detach(), z_loss.detach()])
-            self.aux_count += 1
+        if _first_pass():
+            with torch.no_grad():
+                self.aux_losses += torch.stack([balance.detach(), z_loss.detach()])
+                self.aux_count += 1
         aux = self.args.load_balance_coef * balance + self.args.z_loss_coef * z_loss
         return experts, weights.to(x.dtype), aux
 
@@ -131,9 +138,10 @@ class MoE(nn.Module):
         tokens = token_of[kept]
         y = self.experts(flat[tokens], kept_counts.tolist())
         out = torch.zeros_like(flat).index_add_(0, tokens, y * flat_weight[kept, None])
-        with torch.no_grad():
-            self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
-            self.dropped_tokens += (counts - kept_counts).sum()
+        if _first_pass():
+            with torch.no_grad():
+                self.tokens_per_expert += counts.to(self.tokens_per_expert.dtype)
+                self.dropped_tokens += (counts - kept_counts).sum()
         out = out.view(shape)
         if aux.requires_grad:
             out = _AttachAuxLoss.apply(out, aux, float(self.loss_scale))

@@ -36,7 +36,7 @@ class ParallelConfig:
     pp_microbatches: int = 0  # per optimizer micro-batch; 0: pp × stages_per_rank
     pp_stages_per_rank: int = 1  # virtual stages per rank (interleaved_1f1b needs >= 2)
     cp: int = 1
-    cp_impl: Literal["auto", "allgather_kv", "dtensor"] = "auto"  # auto: dtensor on CUDA, allgather_kv elsewhere
+    cp_impl: Literal["auto", "allgather_kv", "dtensor"] = "auto"  # auto: dtensor on CUDA without compile
     cp_rotate: Literal["allgather", "alltoall"] = "allgather"  # how dtensor ring attention passes KV shards
     ep: int = 1  # expert parallel: MoE experts split over this many of the dp_shard ranks (not a mesh factor)
 
@@ -196,6 +196,9 @@ class PretrainConfig:
                 fail("model.moe.top_k", f"must be in [1, num_experts={m.moe.num_experts}]")
             if m.moe.every < 1:
                 fail("model.moe.every", "must be >= 1")
+            if t.compile:
+                fail("train.compile", "MoE layers route a data-dependent number of tokens to each expert, which "
+                     "does not compile into a full graph: set train.compile=false for MoE models")
         # optimisation
         if o.lr <= 0:
             fail("optimizer.lr", "must be > 0")
@@ -264,6 +267,9 @@ class PretrainConfig:
                 fail("parallel.cp", "context parallel together with pipeline parallel is not supported")
             if "M" in m.layer_pattern:
                 fail("parallel.cp", "Mamba layers need the whole sequence: context parallel is attention-only")
+            if r.cp_impl == "dtensor" and t.compile:
+                fail("parallel.cp_impl", "dtensor (ring attention) together with train.compile is not verified "
+                     "in this backend; use cp_impl=allgather_kv (auto picks it under compile) or compile=false")
             if r.cp_impl == "dtensor" and t.device == "cpu":
                 fail("parallel.cp_impl", "dtensor (PyTorch ring attention) needs CUDA GPUs and train.device is cpu: "
                      "SDPA on CPU has no DTensor sharding strategy; use allgather_kv or auto")
@@ -276,9 +282,6 @@ class PretrainConfig:
                 fail("parallel.ep", f"ep={r.ep} must divide dp_shard={r.dp_shard} (it borrows FSDP ranks)")
             if r.tp > 1 or r.pp > 1 or r.cp > 1:
                 fail("parallel.ep", "expert parallel runs with data parallel only in this backend (tp = pp = cp = 1)")
-            if t.compile:
-                fail("train.compile", "expert parallel's all-to-all does not compile into a full graph: set "
-                     "train.compile=false with parallel.ep > 1")
         if r.pp > 1:
             stages = r.pp * r.pp_stages_per_rank
             if m.n_layers < stages:

@@ -131,7 +131,7 @@ class Trainer:
         cp = dims.size("cp")
         self.cp_positions = load_balanced_chunks(cfg.train.seq_len, cp, dims.coord("cp")) if cp > 1 else None
         self.ring = None
-        if cp > 1 and resolve_cp_impl(dims.cfg.cp_impl, device.type) == "dtensor":
+        if cp > 1 and resolve_cp_impl(dims.cfg.cp_impl, device.type, cfg.train.compile) == "dtensor":
             self.ring = RingContext(dims.submesh(("cp",)), cfg.train.seq_len, dims.cfg.cp_rotate, self.cp_positions)
         self.autocast = cfg.train.precision == "bf16" and not (dims.cfg.dp_shard > 1 or dims.cfg.cp > 1)
 

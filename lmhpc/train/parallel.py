@@ -18,7 +18,7 @@ Context parallel comes in two implementations (``parallel.cp_impl``); in both ea
   which rotates key/value shards between ranks inside the flash / memory-efficient / cuDNN SDPA
   kernels. GPU only: SDPA on CPU has no DTensor sharding strategy.
 
-``auto`` picks ``dtensor`` on CUDA and ``allgather_kv`` elsewhere.
+``auto`` picks ``dtensor`` on CUDA and ``allgather_kv`` elsewhere or under ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -170,10 +170,11 @@ class AllGatherKVAttention:
         return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def resolve_cp_impl(choice: str, device_type: str) -> str:
-    """``auto`` → ``dtensor`` on CUDA, ``allgather_kv`` elsewhere; ``dtensor`` off CUDA is an error."""
+def resolve_cp_impl(choice: str, device_type: str, compiled: bool = False) -> str:
+    """``auto`` → ``dtensor`` on CUDA (without ``torch.compile``), ``allgather_kv`` otherwise;
+    ``dtensor`` off CUDA is an error."""
     if choice == "auto":
-        return "dtensor" if device_type == "cuda" else "allgather_kv"
+        return "dtensor" if device_type == "cuda" and not compiled else "allgather_kv"
     if choice == "dtensor" and device_type != "cuda":
         raise RuntimeError(f"pretrain.parallel.cp_impl=dtensor (PyTorch ring attention) needs CUDA GPUs; this run "
                            f"is on {device_type}, where SDPA has no DTensor sharding strategy. Use "
@@ -277,10 +278,10 @@ class ExpertParallel:
 
     def __call__(self, rows: torch.Tensor, counts: list[int]) -> torch.Tensor:
         moe = self.moe
-        send = torch.tensor(counts, dtype=torch.int64)
+        send = torch.tensor(counts, dtype=torch.int64, device=rows.device)
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=self.group)  # recv[r·L + j]: rows rank r sends expert j
-        recv = recv.view(self.ep, self.local)
+        send, recv = send.cpu(), recv.cpu().view(self.ep, self.local)
         in_splits = send.view(self.ep, self.local).sum(1).tolist()
         out_splits = recv.sum(1).tolist()
         received = _AllToAll.apply(rows, out_splits, in_splits, self.group)
@@ -475,7 +476,7 @@ def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, devi
     if cfg.tp > 1:
         apply_tensor_parallel(model, dims.submesh(("tp",)), cfg.sequence_parallel)
     if cfg.cp > 1:
-        apply_context_parallel(model, dims, train.seq_len, resolve_cp_impl(cfg.cp_impl, device.type))
+        apply_context_parallel(model, dims, train.seq_len, resolve_cp_impl(cfg.cp_impl, device.type, train.compile))
     experts = set(apply_expert_parallel(model, dims)) if cfg.ep > 1 else set()
     if train.fp8:
         apply_float8(model, train, device.type)

@@ -17,6 +17,7 @@ def test_auto_picks_ring_attention_on_cuda_only():
     assert resolve_cp_impl("auto", "cuda") == "dtensor"
     assert resolve_cp_impl("auto", "cpu") == "allgather_kv"
     assert resolve_cp_impl("allgather_kv", "cuda") == "allgather_kv"
+    assert resolve_cp_impl("auto", "cuda", compiled=True) == "allgather_kv"
     with pytest.raises(RuntimeError, match="needs CUDA GPUs.*cp_impl=allgather_kv"):
         resolve_cp_impl("dtensor", "cpu")
 

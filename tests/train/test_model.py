@@ -78,6 +78,24 @@ def test_moe_routing_capacity_and_aux_loss():
     assert moe.w1.grad.abs().sum() == 0
 
 
+def test_moe_statistics_count_each_token_once_under_activation_checkpointing():
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    moe = MoE(16, 32, MoEArgs(num_experts=4, top_k=2, capacity_factor=0), VOCAB)
+    moe.init_parameters(0.02, 0.02)
+    x = torch.randn(2, 8, 16, requires_grad=True)
+    plain = moe(x)
+    plain.sum().backward()
+    once = (moe.tokens_per_expert.clone(), moe.aux_losses.clone(), moe.aux_count.clone())
+    assert once[0].sum() == 2 * 8 * 2
+    moe.pop_stats()
+    recomputed = checkpoint(moe, x, use_reentrant=False)  # forward again inside backward
+    recomputed.sum().backward()
+    assert torch.equal(moe.tokens_per_expert, once[0]) and torch.equal(moe.aux_count, once[2])
+    torch.testing.assert_close(moe.aux_losses, once[1])
+
+
 def test_hash_router_is_fixed_per_token():
     args = MoEArgs(num_experts=4, router="hash", hash_seed=3)
     a, b = MoE(16, 32, args, VOCAB), MoE(16, 32, args, VOCAB)
