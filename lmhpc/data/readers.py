@@ -156,6 +156,14 @@ class _Input:
     def add(self, reason: str, location: str, raw: bytes | str | None = None, detail: str = "", **kw: Any) -> None:
         self.quarantine.add(reason, location, raw, detail, **kw)
 
+    def open(self) -> BinaryIO | None:
+        """The file's decompressed byte stream, or None (the file quarantined as unreadable)."""
+        try:
+            return open_compressed_reader(self.path)
+        except OSError as exc:
+            self.add(UNREADABLE_FILE, str(self.path), detail=_error(exc))
+            return None
+
 
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
@@ -267,10 +275,8 @@ class _LineSplitter:
 
 
 def _read_jsonl(ctx: _Input) -> Iterator[Document]:
-    try:
-        fh = open_compressed_reader(ctx.path)
-    except OSError as exc:
-        ctx.add(UNREADABLE_FILE, str(ctx.path), detail=_error(exc))
+    fh = ctx.open()
+    if fh is None:
         return
     compressed = compression_for(ctx.path) != "none"
     lines = _LineSplitter(ctx.max_doc_bytes, ctx.quarantine.keep_raw_bytes)
@@ -445,10 +451,8 @@ class _StreamDamage(Exception):
 def _read_warc(ctx: _Input) -> Iterator[Document]:
     from warcio.archiveiterator import ArchiveIterator
 
-    try:
-        fh = open_compressed_reader(ctx.path)
-    except OSError as exc:
-        ctx.add(UNREADABLE_FILE, str(ctx.path), detail=_error(exc))
+    fh = ctx.open()
+    if fh is None:
         return
     compressed = compression_for(ctx.path) != "none"
     stream = _GuardedStream(fh)

@@ -9,6 +9,7 @@ from torch import nn
 
 from lmhpc.model.transformer import ModelArgs
 from lmhpc.train.config import OptimizerConfig
+from lmhpc.train.parallel import is_expert_param
 
 NO_DECAY_NAMES = ("A_log", "D", "dt_proj.bias")
 
@@ -26,8 +27,7 @@ def param_groups(model: nn.Module, args: ModelArgs, cfg: OptimizerConfig) -> lis
         embedding_or_output = "tok_embeddings" in name or name.split(".")[-2:-1] == ["output"]
         lr_mult = 1.0 if (vector or embedding_or_output or not args.mup_base_dim) else 1.0 / args.width_mult
         decay = 0.0 if vector else cfg.weight_decay
-        expert = getattr(getattr(param, "device_mesh", None), "mesh_dim_names", None) == ("ep",)
-        groups.setdefault((lr_mult, decay, expert), []).append(param)
+        groups.setdefault((lr_mult, decay, is_expert_param(param)), []).append(param)
     return [{"params": ps, "lr": cfg.lr * mult, "lr_mult": mult, "weight_decay": decay}
             for (mult, decay, _), ps in sorted(groups.items(), key=lambda kv: kv[0])]
 

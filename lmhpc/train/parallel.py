@@ -254,6 +254,9 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
+EXPERT_WEIGHTS = ("w1", "w3", "w2")
+
+
 class ExpertParallel:
     """Experts of one MoE layer split over the ``ep`` ranks: rank ``r`` owns experts
     ``[r·E/ep, (r+1)·E/ep)``. Each rank routes its own tokens (capacity as without EP), sends each
@@ -281,8 +284,8 @@ class ExpertParallel:
         send = torch.tensor(counts, dtype=torch.int64, device=rows.device)
         recv = torch.empty_like(send)
         dist.all_to_all_single(recv, send, group=self.group)  # recv[r·L + j]: rows rank r sends expert j
-        send, recv = send.cpu(), recv.cpu().view(self.ep, self.local)
-        in_splits = send.view(self.ep, self.local).sum(1).tolist()
+        recv = recv.cpu().view(self.ep, self.local)
+        in_splits = [sum(counts[r * self.local:(r + 1) * self.local]) for r in range(self.ep)]
         out_splits = recv.sum(1).tolist()
         received = _AllToAll.apply(rows, out_splits, in_splits, self.group)
         # received rows come grouped by source rank, then by local expert: regroup by expert
@@ -292,9 +295,6 @@ class ExpertParallel:
         y_sorted = moe.run_experts(received[order], recv.sum(0).tolist(), *weights)
         y = y_sorted[torch.argsort(order)]  # back to the received order
         return _AllToAll.apply(y, in_splits, out_splits, self.group)
-
-
-EXPERT_WEIGHTS = ("w1", "w3", "w2")
 
 
 def apply_expert_parallel(model: nn.Module, dims: ParallelDims) -> list[nn.Parameter]:
