@@ -4,6 +4,8 @@
 #   env/setup_cpu.sh            create .venv if missing; reinstall when requirements.txt (or
 #                               pyproject.toml) is newer than the venv's marker; otherwise do nothing
 #   env/setup_cpu.sh --force    reinstall requirements.txt even when the marker is up to date
+#   env/setup_cpu.sh --test     also install requirements-test.txt (the peers the tests compare
+#                               against), with a marker of its own; combines with --force
 #
 # Environment: PYTHON (interpreter to build the venv with; default: python3.11 on PATH, or python3
 # when it is 3.11), LMHPC_VENV (default: <repo>/.venv).
@@ -14,21 +16,26 @@ VENV=${LMHPC_VENV:-$ROOT/.venv}
 REQ=$ROOT/requirements.txt
 PYPROJECT=$ROOT/pyproject.toml
 MARKER=$VENV/.requirements-installed
+TEST_REQ=$ROOT/requirements-test.txt
+TEST_MARKER=$VENV/.requirements-test-installed
 WANT=3.11
 FORCE=0
+TEST=0
 
-case "${1:-}" in
---force) FORCE=1 ;;
-"") ;;
--h | --help)
-  sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-  exit 0
-  ;;
-*)
-  echo "usage: $0 [--force]" >&2
-  exit 2
-  ;;
-esac
+for arg in "$@"; do
+  case "$arg" in
+  --force) FORCE=1 ;;
+  --test) TEST=1 ;;
+  -h | --help)
+    sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+  *)
+    echo "usage: $0 [--force] [--test]" >&2
+    exit 2
+    ;;
+  esac
+done
 
 log() { printf '[setup_cpu] %s\n' "$*" >&2; }
 die() {
@@ -37,6 +44,7 @@ die() {
 }
 
 [ -f "$REQ" ] || die "$REQ not found"
+[ "$TEST" = 0 ] || [ -f "$TEST_REQ" ] || die "$TEST_REQ not found"
 
 py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null; }
 
@@ -97,19 +105,38 @@ up_to_date() {
   [ -f "$MARKER" ] && ! [ "$REQ" -nt "$MARKER" ] && ! { [ -f "$PYPROJECT" ] && [ "$PYPROJECT" -nt "$MARKER" ]; }
 }
 
-if [ "$FORCE" = 0 ] && up_to_date; then
-  log "$VENV is up to date with requirements.txt"
-  exit 0
-fi
+# The test peers go in after requirements.txt, so a reinstall of it also refreshes them.
+test_up_to_date() {
+  [ -f "$TEST_MARKER" ] && ! [ "$TEST_REQ" -nt "$TEST_MARKER" ] && ! [ "$MARKER" -nt "$TEST_MARKER" ]
+}
 
-log "installing requirements.txt into $VENV"
+write_marker() { # marker, requirements file
+  {
+    echo "# $(basename "$2") installed by env/setup_cpu.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    cksum <"$2"
+  } >"$1"
+}
+
 # requirements.txt installs the project itself with "-e .": relative to the repository root.
 cd "$ROOT"
-"$VENV/bin/python" -m pip install --disable-pip-version-check -r "$REQ"
-"$VENV/bin/python" -m pip check >&2 || log "warning: pip check reports conflicts (see above)"
-# The marker records what was installed; its mtime is compared with requirements.txt next time.
-{
-  echo "# requirements.txt installed by env/setup_cpu.sh on $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  cksum <"$REQ"
-} >"$MARKER"
+if [ "$FORCE" = 0 ] && up_to_date; then
+  log "$VENV is up to date with requirements.txt"
+else
+  log "installing requirements.txt into $VENV"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -r "$REQ"
+  "$VENV/bin/python" -m pip check >&2 || log "warning: pip check reports conflicts (see above)"
+  # The marker records what was installed; its mtime is compared with requirements.txt next time.
+  write_marker "$MARKER" "$REQ"
+fi
+
+if [ "$TEST" = 1 ]; then
+  if [ "$FORCE" = 0 ] && test_up_to_date; then
+    log "$VENV is up to date with requirements-test.txt"
+  else
+    log "installing requirements-test.txt into $VENV"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -r "$TEST_REQ"
+    "$VENV/bin/python" -m pip check >&2 || log "warning: pip check reports conflicts (see above)"
+    write_marker "$TEST_MARKER" "$TEST_REQ"
+  fi
+fi
 log "done: activate with 'source $VENV/bin/activate'"
