@@ -7,6 +7,10 @@ rank; ``COMPLETE`` is written last, by rank 0, once every rank has finished. Res
 folder with the marker; folders without it are ignored and removed. Saves may be asynchronous
 (``dcp.async_save``): the marker is then written when the save has finished on every rank, at the
 next save or at the end, and a preemption save is always synchronous.
+
+A checkpoint folder is trusted input: DCP's ``.metadata`` file is a pickle, which can run code when
+it is loaded, so resume only from folders this project (or someone you trust) wrote. The RNG files
+hold tensors only and are loaded with ``torch.load(weights_only=True)``, which refuses anything else.
 """
 
 from __future__ import annotations
@@ -106,9 +110,7 @@ class CheckpointManager:
             shutil.rmtree(path)  # an incomplete leftover of an earlier attempt
         _barrier()
         path.mkdir(parents=True, exist_ok=True)
-        torch.save({"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                   path / f"rng-rank{self.rank:05d}.pt")
+        save_rng_state(path / f"rng-rank{self.rank:05d}.pt")
         state = self._state_dict()
         if self.async_save and not synchronous:
             future = dcp.async_save(state, checkpoint_id=str(path), process_group=self.group)
@@ -158,13 +160,26 @@ class CheckpointManager:
         rng_file = path / f"rng-rank{self.rank:05d}.pt"
         if not rng_file.exists():  # a different world size: ranks beyond the old ones take rank 0's
             rng_file = path / "rng-rank00000.pt"
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        restore_rng_state(rng_file)
         train_state = read_json(path / TRAIN_STATE)
         log.info("resumed from checkpoint step %d (%s)", step, path)
         return train_state
+
+
+def save_rng_state(path: Path) -> None:
+    """This process's CPU and CUDA generator states, as byte tensors (nothing a weights-only load refuses)."""
+    torch.save({"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, path)
+
+
+def restore_rng_state(path: Path) -> None:
+    """Set the generators from :func:`save_rng_state`'s file; a weights-only load, so a file holding
+    anything but tensors and plain containers is refused (``pickle.UnpicklingError``), never run."""
+    rng = torch.load(path, weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    cuda = rng.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _barrier() -> None:
