@@ -14,9 +14,26 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides, executor=args.executor)
     from lmhpc.pipeline import launch, plan
 
-    only = [s.strip() for s in args.stages.split(",") if s.strip()] if args.stages else None
-    stages = plan(cfg, only)
-    return launch(cfg, args.config, args.overrides, stages, dry_run=args.dry_run)
+    only = _names(args.stages)
+    restart = _names(args.restart)
+    stages = plan(cfg, only, restart)
+    return launch(cfg, args.config, args.overrides, stages, dry_run=args.dry_run, restart=restart,
+                  cancel=args.cancel)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """One line per stage of the run, in order: ``name kind tasks`` (what slurm/pipeline.sh submits)."""
+    cfg = load_config(args.config, args.overrides)
+    from lmhpc.pipeline import plan
+    from lmhpc.stages import STAGES
+
+    for stage in plan(cfg, _names(args.stages)):
+        print(f"{stage} {STAGES[stage].kind} {cfg.resources_for(stage).tasks}")
+    return 0
 
 
 def _stage(args: argparse.Namespace) -> int:
@@ -87,7 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", choices=["local", "slurm"], default=None)
     r.add_argument("--stages", default=None, help="comma-separated subset of stages")
     r.add_argument("--dry-run", action="store_true", help="print what would run or be submitted")
+    r.add_argument("--restart", default=None, metavar="STAGES",
+                   help="comma-separated stages to start over: their outputs (and those of the stages that read "
+                        "them) are removed first")
+    r.add_argument("--cancel", action="store_true",
+                   help="cancel this run's jobs that are still queued or running, then launch")
     r.set_defaults(func=_run)
+
+    pl = sub.add_parser("plan", help="the stages a run would chain: one 'name kind tasks' line each")
+    pl.add_argument("config")
+    pl.add_argument("overrides", nargs="*")
+    pl.add_argument("--stages", default=None, help="comma-separated subset of stages")
+    pl.set_defaults(func=_plan)
 
     s = sub.add_parser("stage", help="run one stage here (what every job runs)")
     s.add_argument("name")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,12 +20,35 @@ from typing import Any, Literal
 
 import yaml
 
-from lmhpc.curate.config import CurateConfig
-from lmhpc.dedup.config import DedupConfig
-from lmhpc.tokenizer.config import TokenizeConfig, TokenizerConfig
-from lmhpc.train.config import PretrainConfig
+# Config keys whose value is a secret, by exact name (``tokenizer`` or ``eod_token_id`` are not secrets).
+SECRET_KEYS = frozenset({
+    "api_key", "apikey", "token", "access_token", "auth_token", "hf_token", "wandb_api_key", "password", "passwd",
+    "secret", "secret_key", "client_secret", "private_key",
+})
+# Environment variable names that hold secrets: ``*_KEY``, ``*TOKEN``, ``*PASSWORD``, ``*SECRET``, ``*PASSWD``.
+SECRET_NAME = re.compile(r"(?:KEY|TOKEN|PASSWORD|PASSWD|SECRET)$", re.IGNORECASE)
+# ``NAME=value`` assignments to such names inside a string (setup lines, commands).
+SECRET_ASSIGNMENT = re.compile(
+    r"(?P<name>\b[A-Za-z_][A-Za-z0-9_]*(?:_KEY|KEY|TOKEN|PASSWORD|PASSWD|SECRET))=(?P<value>\"[^\"]*\"|'[^']*'|[^\s;&|]+)",
+    re.IGNORECASE,
+)
+REDACTED = "<redacted>"
 
-SECRET_MARKERS = ("api_key", "apikey", "token", "password", "secret")
+
+def is_secret_name(name: str) -> bool:
+    """An environment variable name that holds a secret (``WANDB_API_KEY``, ``HF_TOKEN``, ``DB_PASSWORD``)."""
+    return bool(SECRET_NAME.search(name))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the value of every ``*_KEY=``/``*TOKEN=``/``*PASSWORD=``/``*SECRET=`` assignment redacted."""
+    return SECRET_ASSIGNMENT.sub(lambda m: f"{m.group('name')}={REDACTED}", text)
+
+
+def literal_secrets(text: str) -> list[str]:
+    """Names assigned a literal secret in ``text`` (a ``$VAR`` or ``$(command)`` reference is not a literal)."""
+    return [m.group("name") for m in SECRET_ASSIGNMENT.finditer(text)
+            if not m.group("value").strip("\"'").startswith("$") and m.group("value").strip("\"'")]
 
 
 class ConfigError(ValueError):
@@ -46,13 +71,13 @@ class RunSection:
     stages: list[str] = field(default_factory=lambda: ["curate"])
 
     def validate(self, root: RunConfig) -> None:
-        from lmhpc.stages import STAGE_ORDER
+        from lmhpc.stages import stage_order
 
         if not self.name or any(c in self.name for c in "/\\\n\r\t '\"$`;&|<>*?") or self.name.startswith("."):
             raise ConfigError("run.name", f"{self.name!r} must be a plain name (letters, digits, - _ .)")
-        unknown = [s for s in self.stages if s not in STAGE_ORDER]
+        unknown = [s for s in self.stages if s not in stage_order()]
         if unknown:
-            raise ConfigError("run.stages", f"unknown stage(s) {unknown}; known: {list(STAGE_ORDER)}")
+            raise ConfigError("run.stages", f"unknown stage(s) {unknown}; known: {list(stage_order())}")
         if len(set(self.stages)) != len(self.stages):
             raise ConfigError("run.stages", "a stage is listed twice")
         if not self.stages:
@@ -113,7 +138,7 @@ class ExecutorConfig:
         for name, value in self.env.items():
             if not name.isidentifier():
                 raise ConfigError(f"executor.env.{name}", "not a valid environment variable name")
-            if any(m in name.lower() for m in SECRET_MARKERS):
+            if is_secret_name(name):
                 raise ConfigError(
                     f"executor.env.{name}",
                     "secrets must not be written into configs or scripts; export it in the environment",
@@ -122,6 +147,14 @@ class ExecutorConfig:
                 raise ConfigError(f"executor.env.{name}", "must not contain NUL")
         if self.signal_delay_s < 0:
             raise ConfigError("executor.signal_delay_s", "must be >= 0")
+        for i, line in enumerate(self.setup):
+            names = literal_secrets(line)
+            if names:
+                raise ConfigError(
+                    f"executor.setup[{i}]",
+                    f"assigns a literal secret to {', '.join(names)}: it would be written into the job script; "
+                    "export it in the environment you submit from, or read it at run time (NAME=$(cat FILE))",
+                )
 
 
 @dataclass
@@ -134,23 +167,40 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
 
 
+def _stage_sections() -> dict[str, Any]:
+    from lmhpc.stages import registry
+
+    return {name: spec.config() for name, spec in registry().items()}
+
+
+CORE_SECTIONS = ("run", "executor", "resources", "wandb")
+
+
 @dataclass
 class RunConfig:
-    """The whole config tree of one run."""
+    """The whole config tree of one run: the core sections, then one section per registered stage
+    (``cfg.curate``, ``cfg.pretrain``, ...: the stage's own config dataclass, see :mod:`lmhpc.stages`)."""
 
     run: RunSection = field(default_factory=RunSection)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     resources: dict[str, Resources] = field(default_factory=dict)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    curate: CurateConfig = field(default_factory=CurateConfig)
-    dedup: DedupConfig = field(default_factory=DedupConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    sections: dict[str, Any] = field(default_factory=_stage_sections)
 
     # where it came from (not part of the YAML)
     source_file: str | None = field(default=None, compare=False)
     base_dir: str = field(default=".", compare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached when ordinary lookup fails: stage sections read as attributes
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"{type(self).__name__} has no section {name!r}")
+
+    def section(self, stage: str) -> Any:
+        """The config section of a registered stage."""
+        return self.sections[stage]
 
     @property
     def run_dir(self) -> Path:
@@ -229,15 +279,30 @@ def _coerce(value: Any, tp: Any, key: str, file: str | None) -> Any:
     return value
 
 
-def build(cls: type, data: dict[str, Any], prefix: str = "", file: str | None = None) -> Any:
+def build_root(data: dict[str, Any], file: str | None = None) -> RunConfig:
+    """The run config from plain data: core sections, then each registered stage's section."""
+    from lmhpc.stages import registry
+
+    stages = registry()
+    core = {k: v for k, v in data.items() if k not in stages}
+    cfg = build(RunConfig, core, "", file, extra_known=list(stages))
+    for name, value in data.items():
+        if name in stages:
+            cfg.sections[name] = _coerce(value, stages[name].config, name, file)
+    return cfg
+
+
+def build(cls: type, data: dict[str, Any], prefix: str = "", file: str | None = None,
+          extra_known: list[str] | None = None) -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
-        if k not in fields or k in ("source_file", "base_dir"):
-            known = sorted(n for n in fields if n not in ("source_file", "base_dir"))
+        if k not in fields or k in ("source_file", "base_dir", "sections"):
+            known = sorted([n for n in fields if n not in ("source_file", "base_dir", "sections")]
+                           + list(extra_known or []))
             raise ConfigError(key, f"unknown key; known keys here: {known}", file)
         kwargs[k] = _coerce(v, hints[k], key, file)
     return cls(**kwargs)
@@ -245,23 +310,24 @@ def build(cls: type, data: dict[str, Any], prefix: str = "", file: str | None = 
 
 def to_dict(obj: Any, redact: bool = True) -> Any:
     """Plain-data view of a config tree; secret-looking keys are redacted."""
-    if dataclasses.is_dataclass(obj):
-        out = {}
-        for f in dataclasses.fields(obj):
-            if f.name in ("source_file", "base_dir"):
-                continue
-            out[f.name] = _redact(f.name, to_dict(getattr(obj, f.name), redact), redact)
+    if isinstance(obj, RunConfig):
+        out = {name: to_dict(getattr(obj, name), redact) for name in CORE_SECTIONS}
+        out.update({name: to_dict(section, redact) for name, section in obj.sections.items()})
         return out
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _redact(f.name, to_dict(getattr(obj, f.name), redact), redact) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {k: _redact(k, to_dict(v, redact), redact) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v, redact) for v in obj]
+    if redact and isinstance(obj, str):
+        return redact_text(obj)
     return obj
 
 
 def _redact(key: str, value: Any, redact: bool) -> Any:
-    if redact and isinstance(value, str) and any(m in key.lower() for m in SECRET_MARKERS):
-        return "<redacted>"
+    if redact and isinstance(value, str) and key.lower() in SECRET_KEYS:
+        return REDACTED
     return value
 
 
@@ -285,17 +351,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides in order; a numeric part indexes a list (``curate.inputs.0.path=...``)."""
     for text in overrides:
         parts, value = parse_override(text)
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            nxt = node.get(part)
+        node: Any = data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(where, f"no item {part} in a list of {len(node)} (indices 0..{len(node) - 1})")
+                key: Any = int(part)
+            elif isinstance(node, dict):
+                key = part
+            else:
+                raise ConfigError(".".join(parts[:i]), "is not a mapping or a list; cannot override below it")
+            if last:
+                node[key] = value
+                break
+            nxt = node[key] if isinstance(node, list) else node.get(key)
             if nxt is None:
-                nxt = node[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(".".join(parts[: i + 1]), "is not a mapping; cannot override below it")
+                nxt = node[key] = {}
             node = nxt
-        node[parts[-1]] = value
     return data
 
 
@@ -339,31 +416,66 @@ def load_config(path: str | Path, overrides: list[str] | None = None, executor: 
         if not isinstance(data["executor"], dict):
             raise ConfigError("executor", "must be a mapping", path)
         data["executor"]["kind"] = executor
-    cfg = build(RunConfig, data, "", str(path))
+    snapshot = data.pop(SNAPSHOT_KEY, None)
+    cfg = build_root(data, str(path))
     cfg.source_file = str(path.resolve())
     cfg.base_dir = str(path.resolve().parent)
-    load_profile(cfg)
+    if isinstance(snapshot, dict):
+        # a launch's frozen copy: paths stay relative to the original config's folder, the profile is merged
+        cfg.base_dir = str(snapshot.get("base_dir", cfg.base_dir))
+    else:
+        load_profile(cfg)
     validate(cfg)
     return cfg
 
 
+SNAPSHOT_KEY = "_snapshot"
+SNAPSHOT_FILE = "config.yaml"
+
+
+def write_snapshot(cfg: RunConfig) -> Path:
+    """Freeze the resolved config (overrides and cluster profile applied) as ``<run>/config.yaml``.
+
+    Every job of a launch loads this file, so editing the YAML after ``lmhpc run`` changes nothing in the
+    jobs already submitted. Secrets never reach it: configs refuse them (see ``ExecutorConfig.validate``)."""
+    from lmhpc.fsutil import write_text
+
+    data = {SNAPSHOT_KEY: {"source_file": cfg.source_file, "base_dir": cfg.base_dir,
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+    data.update(to_dict(cfg, redact=False))
+    path = cfg.run_dir / SNAPSHOT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, "# the resolved config of the latest launch of this run; every job loads it\n"
+               + yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return path
+
+
 def validate(cfg: RunConfig) -> None:
     """Run every section's validate(root); re-raise with the file name attached."""
-    from lmhpc.stages import STAGE_ORDER
+    from lmhpc.stages import stage_order
 
     try:
-        for f in dataclasses.fields(cfg):
-            section = getattr(cfg, f.name)
+        for section in [*(getattr(cfg, n) for n in CORE_SECTIONS), *cfg.sections.values()]:
             if hasattr(section, "validate"):
                 section.validate(cfg)
         for stage, res in cfg.resources.items():
-            if stage not in STAGE_ORDER:
-                raise ConfigError(f"resources.{stage}", f"unknown stage; known: {list(STAGE_ORDER)}")
+            if stage not in stage_order():
+                raise ConfigError(f"resources.{stage}", f"unknown stage; known: {list(stage_order())}")
             res.validate_at(f"resources.{stage}")
             for key in ("partition", "account", "qos", "constraint"):
                 v = getattr(res, key)
                 if v is not None and any(c in v for c in "\n\r\0"):
                     raise ConfigError(f"resources.{stage}.{key}", "must not contain a newline or NUL")
+        if cfg.executor.kind == "slurm":
+            for stage in cfg.run.stages:
+                limit_s = cfg.resources_for(stage).timeout_min * 60
+                if cfg.executor.signal_delay_s >= limit_s:
+                    raise ConfigError(
+                        "executor.signal_delay_s",
+                        f"{cfg.executor.signal_delay_s}s before the end does not fit stage {stage}'s time limit "
+                        f"(resources.{stage}.timeout_min={cfg.resources_for(stage).timeout_min}): the job would be "
+                        "signalled as it starts and requeued without progress",
+                    )
     except ConfigError as e:
         if e.file is None and cfg.source_file:
             raise ConfigError(e.key, str(e).split(": ", 1)[1], cfg.source_file) from None

@@ -30,6 +30,7 @@ class StageContext:
     tracker: Tracker = field(default_factory=Tracker)
     flag: PreemptionFlag = field(default_factory=PreemptionFlag)
     comm: Any = None  # mpi4py communicator for MPI stages
+    input_dirs: dict[str, Path] | None = None  # default: the registry's ``reads`` of this stage, in the run
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("lmhpc.stage"))
 
     @property
@@ -45,9 +46,18 @@ class StageContext:
         """0 on the first attempt, then how many times the job was requeued."""
         return int(os.environ.get("SLURM_RESTART_COUNT") or os.environ.get("LMHPC_ATTEMPT") or 0)
 
+    @property
+    def inputs(self) -> dict[str, Path]:
+        """The folders of the stages this stage reads (its spec's ``reads`` under this config), by name."""
+        if self.input_dirs is None:
+            from lmhpc.stages import STAGES
+
+            self.input_dirs = {name: self.cfg.run_dir / name for name in STAGES[self.stage].reads_for(self.cfg)}
+        return self.input_dirs
+
     def stage_output(self, stage: str) -> Path:
         """The folder of an earlier stage; it must be complete."""
-        path = self.cfg.run_dir / stage
+        path = self.inputs.get(stage) or self.cfg.run_dir / stage
         if not (path / DONE_MARKER).exists():
             raise RuntimeError(f"stage '{self.stage}' needs the output of '{stage}', which is not complete: {path}")
         return path

@@ -2,7 +2,9 @@
 
 Completion is recorded on disk: array stages write one marker per unit (``_units/<index>.json``,
 holding that unit's stats), and every stage ends with ``stats.json``, the resolved ``config.json``
-and the ``DONE`` marker, written last. A rerun skips what is done and redoes what is not.
+and the ``DONE`` marker, written last. A rerun skips what is done and redoes what is not, provided it
+was built from the same config and inputs (:mod:`lmhpc.integrity`); otherwise it stops and says what
+changed. A failed stage leaves ``stats.failed.json`` (the error and the stats gathered so far).
 """
 
 from __future__ import annotations
@@ -17,24 +19,39 @@ from typing import Any
 from lmhpc.config import RunConfig, dump_json
 from lmhpc.context import DONE_MARKER, StageContext
 from lmhpc.fsutil import read_json, write_json, write_text
+from lmhpc.integrity import (
+    UNITS_DIR,
+    StageChanged,
+    check_recorded,
+    freeze_units,
+    stage_fingerprint,
+    write_start_record,
+)
 from lmhpc.launch.preempt import Preempted, PreemptionFlag, requeue_or_exit
 from lmhpc.stages import STAGES
 from lmhpc.track import open_tracker
 
 log = logging.getLogger("lmhpc.runner")
 
-UNITS_DIR = "_units"
+FAILED_STATS = "stats.failed.json"
 
 
 class StageFailed(RuntimeError):
-    """A stage could not complete (incomplete units, broken accounting, too much bad input)."""
+    """A stage could not complete (incomplete units, broken accounting, too much bad input).
+    ``stats``: what the stage (or the failing unit) had counted, written to ``stats.failed.json``."""
+
+    def __init__(self, message: str, stats: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 class AccountingError(StageFailed):
     """``docs_in != docs_out + quarantined + sum(dropped)``."""
 
 
-def setup_logging(rank: int = 0) -> None:
+def setup_logging(rank: int = 0, quiet: bool = False) -> None:
+    """Log lines name the rank; ``quiet`` ranks (all but rank 0 of an MPI or torch job) log warnings and
+    errors only, so a job's log reads as one process's."""
     fmt = f"%(asctime)s %(levelname)s [%(name)s r{rank}] %(message)s"
     root = logging.getLogger()
     if not root.handlers:
@@ -42,12 +59,22 @@ def setup_logging(rank: int = 0) -> None:
     else:
         for h in root.handlers:
             h.setFormatter(logging.Formatter(fmt))
-    for noisy in ("wandb", "urllib3", "git"):
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    for noisy in ("wandb", "urllib3", "git", "megatron", "transformer_engine", "apex"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def is_done(cfg: RunConfig, stage: str) -> bool:
     return (cfg.run_dir / stage / DONE_MARKER).exists()
+
+
+def write_failed_stats(stage_dir: Path, error: BaseException, stats: dict[str, Any] | None) -> None:
+    """Leave what a failed stage had counted for inspection (``stats.failed.json``)."""
+    try:
+        write_json(stage_dir / FAILED_STATS, {"error": str(error), "failed": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                              "stats": stats or {}})
+    except OSError as e:  # the failure itself matters more than this file
+        log.warning("could not write %s: %s", stage_dir / FAILED_STATS, e)
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,7 +121,9 @@ def complete_stage(ctx: StageContext, stats: dict[str, Any], started: float) -> 
     write_json(ctx.stage_dir / "stats.json", stats)
     ctx.tracker.log({"stats": stats}, step=int(stats.get("step", 0)))
     ctx.tracker.summary(stats)
-    write_json(ctx.stage_dir / DONE_MARKER, {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "attempt": ctx.attempt})
+    (ctx.stage_dir / FAILED_STATS).unlink(missing_ok=True)
+    write_json(ctx.stage_dir / DONE_MARKER, {"completed": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "attempt": ctx.attempt,
+                                             "fingerprint": stage_fingerprint(ctx.cfg, ctx.stage)})
     log.info("stage %s complete: %s", ctx.stage, ctx.stage_dir)
     return stats
 
@@ -130,23 +159,40 @@ def unit_marker(stage_dir: Path, index: int) -> Path:
     return stage_dir / UNITS_DIR / f"{index:06d}.json"
 
 
+def check_unit_marker(ctx: StageContext, marker: Path, unit: str, fingerprint: str) -> None:
+    """A unit marker counts only for the same unit built under the same config."""
+    data = read_json(marker)
+    if data.get("unit") != str(unit) or data.get("fingerprint", fingerprint) != fingerprint:
+        raise StageChanged(f"stage {ctx.stage}: {marker} was written for unit {data.get('unit')!r} under "
+                           f"fingerprint {data.get('fingerprint')}, not {unit!r} under {fingerprint}; "
+                           f"rerun with --restart {ctx.stage}")
+
+
 def run_units(ctx: StageContext, module: Any, task: int, num_tasks: int) -> dict[str, int]:
     """Process this task's share (``index % num_tasks == task``) of an array stage's units."""
     units = list(module.units(ctx))
+    freeze_units(ctx, module, units)
+    fingerprint = stage_fingerprint(ctx.cfg, ctx.stage)
     mine = [(i, u) for i, u in enumerate(units) if i % num_tasks == task]
     done = skipped = 0
     for index, unit in mine:
         marker = unit_marker(ctx.stage_dir, index)
         if marker.exists():
+            check_unit_marker(ctx, marker, unit, fingerprint)
             skipped += 1
             continue
         if ctx.should_stop():
-            raise Preempted(f"stopping before unit {index}")
+            raise Preempted(f"stopping before unit {index} ({unit})")
         t0 = time.time()
-        stats = module.process_unit(ctx, index, unit)
+        try:
+            stats = module.process_unit(ctx, index, unit)
+        except StageFailed as e:
+            log.error("unit %d (%s) failed", index, unit)
+            e.stats = {"unit": str(unit), "index": index, "stats": getattr(e, "stats", None) or {}}
+            raise
         stats = dict(stats)
         stats.setdefault("seconds", round(time.time() - t0, 3))
-        write_json(marker, {"unit": str(unit), "index": index, "stats": stats})
+        write_json(marker, {"unit": str(unit), "index": index, "fingerprint": fingerprint, "stats": stats})
         done += 1
         log.info("unit %d/%d done (%s)", index + 1, len(units), unit)
     log.info("task %d/%d: %d units done, %d already done before", task, num_tasks, done, skipped)
@@ -156,15 +202,22 @@ def run_units(ctx: StageContext, module: Any, task: int, num_tasks: int) -> dict
 def finalize_units(ctx: StageContext, module: Any, started: float) -> dict[str, Any]:
     """Merge every unit's stats (in unit order) and complete the stage."""
     units = list(module.units(ctx))
+    freeze_units(ctx, module, units)
+    fingerprint = stage_fingerprint(ctx.cfg, ctx.stage)
     missing = [i for i in range(len(units)) if not unit_marker(ctx.stage_dir, i).exists()]
     if missing:
         raise StageFailed(f"stage {ctx.stage}: {len(missing)} of {len(units)} units are not complete: {missing[:10]}")
     stats: dict[str, Any] = {"units": len(units)}
-    for i in range(len(units)):
+    for i, unit in enumerate(units):
+        check_unit_marker(ctx, unit_marker(ctx.stage_dir, i), unit, fingerprint)
         stats = merge_stats(stats, read_json(unit_marker(ctx.stage_dir, i))["stats"])
-    if hasattr(module, "finalize"):
-        stats = module.finalize(ctx, stats)
-    return complete_stage(ctx, stats, started)
+    try:
+        if hasattr(module, "finalize"):
+            stats = module.finalize(ctx, stats)
+        return complete_stage(ctx, stats, started)
+    except StageFailed as e:
+        e.stats = e.stats or stats
+        raise
 
 
 def run_stage(
@@ -179,23 +232,33 @@ def run_stage(
     rank, world, local, comm = _distributed_identity(spec.kind)
     if spec.kind == "array" and task is not None:
         rank, world = task, num_tasks or 1
-    setup_logging(rank)
+    setup_logging(rank, quiet=spec.kind in ("mpi", "torch") and rank != 0)
     flag = PreemptionFlag().install()
     stage_dir = cfg.run_dir / stage
+    changed = check_recorded(cfg, stage, stage_dir)
+    if changed:
+        log.error("%s", changed)
+        return 1
     if (stage_dir / DONE_MARKER).exists():
         log.info("stage %s is already complete (%s); nothing to do", stage, stage_dir)
         return 0
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    for needed in spec.reads:
+    reads = spec.reads_for(cfg)
+    for needed in reads:
         if not is_done(cfg, needed):
             log.error("stage %s needs stage %s, which is not complete in %s", stage, needed, cfg.run_dir)
             return 1
+        upstream_changed = check_recorded(cfg, needed, cfg.run_dir / needed)
+        if upstream_changed:
+            log.error("stage %s reads stage %s: %s", stage, needed, upstream_changed)
+            return 1
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    write_start_record(cfg, stage, stage_dir)
     module = spec.load()
     started = time.time()
     logs_tracker = spec.kind != "array" or finalize or task is None
     tracker = open_tracker(cfg, stage, stage_dir, rank if logs_tracker else 1)
     ctx = StageContext(cfg=cfg, stage=stage, rank=rank, world_size=world, local_rank=local, tracker=tracker,
-                       flag=flag, comm=comm)
+                       flag=flag, comm=comm, input_dirs={name: cfg.run_dir / name for name in reads})
     if rank == 0:
         write_text(stage_dir / "config.json", dump_json(cfg))
     code = 0
@@ -212,8 +275,12 @@ def run_stage(
     except Preempted as e:
         log.warning("stage %s preempted (%s); state saved, exiting for requeue", stage, e)
         code = requeue_or_exit(rank)
+    except StageChanged as e:
+        log.error("%s", e)
+        code = 1
     except StageFailed as e:
         log.error("%s", e)
+        write_failed_stats(stage_dir, e, e.stats)
         code = 1
     except BaseException:
         code = 1

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from lmhpc.curate.filters.config import FiltersConfig
+from lmhpc.data.inputs import InputSpec
 
 if TYPE_CHECKING:
     from lmhpc.config import RunConfig
-
-
-@dataclass
-class InputSpec:
-    """One input collection: a glob of files (relative to the config file's folder)."""
-
-    path: str = ""
-    source: str | None = None  # domain/source name; default: the record's own, else the folder name
-    format: Literal["auto", "jsonl", "parquet", "warc"] = "auto"
-    text_key: str = "text"
-    id_key: str = "id"
-    weight: float = 1.0  # mixing weight used by selection and tokenizer sampling
 
 
 @dataclass
@@ -66,16 +55,16 @@ class CurateConfig:
     filters: FiltersConfig = field(default_factory=FiltersConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
 
+    # keys that do not change what the stage writes (a rerun may change them)
+    fingerprint_ignore: ClassVar[tuple[str, ...]] = ("progress_every_s", "report_top_domains")
+
     def validate(self, root: RunConfig) -> None:
         from lmhpc.config import ConfigError
 
         if "curate" in root.run.stages and not self.inputs:
             raise ConfigError("curate.inputs", "at least one input is needed to run the curate stage")
         for i, spec in enumerate(self.inputs):
-            if not spec.path:
-                raise ConfigError(f"curate.inputs[{i}].path", "must name a file or glob")
-            if spec.weight < 0:
-                raise ConfigError(f"curate.inputs[{i}].weight", "must be >= 0")
+            spec.validate_at(f"curate.inputs[{i}]")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError("curate.max_bad_fraction", "must be between 0 and 1")
         if self.shard_max_mb <= 0:

@@ -11,7 +11,6 @@ writes ``report.txt`` and ``report/domains.tsv`` and prints the per-source, per-
 
 from __future__ import annotations
 
-import glob
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ from lmhpc.curate.filters.domain import url_host
 from lmhpc.curate.report import domain_table, format_report
 from lmhpc.curate.selection import Selector
 from lmhpc.data.documents import Document
+from lmhpc.data.inputs import NoInputFiles, expand_inputs
 from lmhpc.data.quarantine import Quarantine
 from lmhpc.data.readers import read_documents
 from lmhpc.data.writers import ShardWriter
@@ -40,20 +40,20 @@ STOP_CHECK_EVERY = 256  # documents between checks of the preemption flag
 
 def input_files(ctx: StageContext) -> list[tuple[Path, int]]:
     """Every input file with the index of the input spec it matched, sorted and de-duplicated."""
-    seen: dict[Path, int] = {}
-    for i, spec in enumerate(ctx.cfg.curate.inputs):
-        pattern = str(ctx.cfg.path(spec.path))
-        matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        if not matches:
-            raise StageFailed(f"curate.inputs[{i}].path: no file matches {pattern}")
-        for p in matches:
-            seen.setdefault(p.resolve(), i)
-    return sorted(seen.items())
+    try:
+        return expand_inputs(ctx.cfg.curate.inputs, ctx.cfg.path, "curate.inputs")
+    except NoInputFiles as e:
+        raise StageFailed(str(e)) from None
 
 
 def units(ctx: StageContext) -> list[str]:
     """One unit per input file: ``"<spec index>:<path>"``."""
     return [f"{i}:{p}" for p, i in input_files(ctx)]
+
+
+def unit_file(ctx: StageContext, unit: str) -> Path:
+    """The input file a unit reads (frozen with the unit list at the stage's first start)."""
+    return Path(unit.split(":", 1)[1])
 
 
 def _parse_unit(ctx: StageContext, unit: str) -> tuple[InputSpec, Path]:

@@ -9,7 +9,9 @@ removed), 128 permutations, Jaccard threshold 0.7, bands x rows from datasketch'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+from lmhpc.data.inputs import InputSpec
 
 if TYPE_CHECKING:
     from lmhpc.config import RunConfig
@@ -92,6 +94,16 @@ class DedupConfig:
     largest_clusters: int = 10  # clusters listed in stats.json and clusters.json
     samples_per_cluster: int = 5
     keep_work: bool = False  # keep _work/ (signatures, decisions) after the stage completes
+    # raw inputs (jsonl, parquet, WARC globs): when given, dedup reads these instead of the curate stage's output
+    inputs: list[InputSpec] = field(default_factory=list)
+    max_doc_bytes: int = 20_000_000  # raw inputs: larger documents are quarantined
+
+    fingerprint_ignore: ClassVar[tuple[str, ...]] = ("signature_batch_docs", "exchange_max_mb", "keep_work",
+                                                      "largest_clusters", "samples_per_cluster")
+
+    def stage_reads(self, default: tuple[str, ...]) -> tuple[str, ...]:
+        """Dedup reads the curate stage's shards, or nothing from the run when it has raw inputs."""
+        return () if self.inputs else default
 
     def validate(self, root: RunConfig) -> None:
         m = self.minhash
@@ -130,5 +142,9 @@ class DedupConfig:
             raise _error("dedup.largest_clusters", "largest_clusters and samples_per_cluster must be >= 0")
         if self.quality_key is not None and not self.quality_key:
             raise _error("dedup.quality_key", "must be a metadata key or null")
+        for i, spec in enumerate(self.inputs):
+            spec.validate_at(f"dedup.inputs[{i}]")
+        if self.max_doc_bytes < 1:
+            raise _error("dedup.max_doc_bytes", "must be >= 1")
         if "dedup" in root.run.stages and not (self.exact.enabled or m.enabled):
             raise _error("dedup.exact.enabled", "both exact and MinHash dedup are off; drop the stage instead")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from lmhpc.context import StageContext
 from lmhpc.dedup.decide import EDGE_REC, Decider
 from lmhpc.dedup.exchange import Exchanger
+from lmhpc.dedup.ingest import INGEST_DIR, ingest_phase
 from lmhpc.dedup.settings import DedupSettings
 from lmhpc.dedup.sign import DamagedShard, iter_shard, sign_shard
 from lmhpc.dedup.sizing import estimate, memory_figures
@@ -38,8 +40,15 @@ SAMPLE_TEXT_CHARS = 400
 
 def input_shards(ctx: StageContext) -> list[Path]:
     """The curated shards, sorted: shard ``i`` is the ``i``-th file."""
-    data = ctx.stage_output("curate") / "data"
+    data = ctx.inputs["curate"] / "data"
     return sorted(p for p in data.glob("part-*.jsonl*") if p.is_file())
+
+
+def _shards(ctx: StageContext) -> tuple[list[Path], dict[str, Any]]:
+    """The shards to deduplicate and what reading raw inputs quarantined (nothing for curated shards)."""
+    if ctx.cfg.dedup.inputs:
+        return ingest_phase(ctx, lambda where, error=None: _agree(ctx, where, error))
+    return input_shards(ctx), {}
 
 
 def inputs_digest(shards: list[Path]) -> str:
@@ -235,7 +244,7 @@ def _run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg.dedup
     settings = DedupSettings.from_config(cfg, ctx.cfg.run.seed)
     work = WorkDir(ctx.stage_dir)
-    shards = input_shards(ctx)
+    shards, ingested = _shards(ctx)
     digest = inputs_digest(shards)
     if ctx.rank == 0:
         work.clean_partial()
@@ -260,9 +269,16 @@ def _run(ctx: StageContext) -> dict[str, Any]:
         return {}
     stats = _stage_stats(shards, settings, work, summary, per_rank,
                          {"sign": t1 - t0, "decide": t2 - t1, "write": t3 - t2})
+    if ingested:
+        # records of the raw inputs that never became documents: in, and quarantined
+        stats["docs_in"] += ingested["quarantined"]
+        stats["quarantined"] += ingested["quarantined"]
+        stats["quarantine_reasons"] = merge_stats(stats["quarantine_reasons"], ingested["quarantine_reasons"])
+        stats["raw_input_files"] = ingested["files"]
     ctx.log.info("%s", describe(stats))
     if not cfg.keep_work:
         work.remove()
+        shutil.rmtree(ctx.stage_dir / INGEST_DIR, ignore_errors=True)
     return stats
 
 

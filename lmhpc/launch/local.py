@@ -17,8 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO
 
 from lmhpc.config import RunConfig
 from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
@@ -26,6 +28,31 @@ from lmhpc.launch.state import PipelineState
 from lmhpc.stages import STAGES
 
 log = logging.getLogger("lmhpc.local")
+
+LOGS_DIR = "logs"
+
+
+def _copy_output(stream: IO[bytes], log_path: Path | None) -> None:
+    """Copy a process's output line by line to this process's stderr and, when given, a log file."""
+    fh = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(log_path, "ab")  # noqa: SIM115 - closed below, after the stream ends
+    out = getattr(sys.stderr, "buffer", None)
+    try:
+        for line in iter(stream.readline, b""):
+            if out is not None:
+                out.write(line)
+                out.flush()
+            else:
+                sys.stderr.write(line.decode("utf-8", "replace"))
+            if fh is not None:
+                fh.write(line)
+                fh.flush()
+    finally:
+        stream.close()
+        if fh is not None:
+            fh.close()
 
 
 def venv_tool(name: str) -> str:
@@ -78,28 +105,48 @@ class LocalExecutor:
     def _run_with_requeue(self, cmd: list[str], stage: str, label: str, ranks: int = 1) -> int:
         """Run one job (``ranks`` torch processes, or one process) until it is not preempted."""
         res = self.cfg.resources_for(stage)
+        name = f"{stage}.finalize" if label.endswith("finalize") else stage
         for attempt in range(res.max_requeues + 1):
             if ranks > 1:
-                codes = self._spawn([cmd] * ranks, attempt, torch_rank_envs(ranks))
+                logs = [self._log_path(stage, f"{stage}.rank-{r}") for r in range(ranks)]
+                codes = self._spawn([cmd] * ranks, attempt, torch_rank_envs(ranks), logs)
                 rc = next((c for c in codes if c not in (0, REQUEUE_EXIT_CODE)), max(codes))
             else:
-                rc = self._spawn([cmd], attempt)[0]
+                rc = self._spawn([cmd], attempt, None, [self._log_path(stage, name)])[0]
             if rc != REQUEUE_EXIT_CODE:
                 return rc
             log.warning("%s was preempted; starting it again (attempt %d)", label, attempt + 2)
         return rc
 
-    def _spawn(self, cmds: list[list[str]], attempt: int, envs: list[dict[str, str]] | None = None) -> list[int]:
+    def _log_path(self, stage: str, name: str) -> Path:
+        """Where a local process of a stage logs: ``<run>/<stage>/logs/<name>.log`` (appended per attempt)."""
+        return self.cfg.run_dir / stage / LOGS_DIR / f"{name}.log"
+
+    def _spawn(self, cmds: list[list[str]], attempt: int, envs: list[dict[str, str]] | None = None,
+               logs: list[Path] | None = None) -> list[int]:
+        """Start the processes, copy each one's output to the terminal and to its log file, wait for all."""
         envs = envs or [{}] * len(cmds)
-        procs = [subprocess.Popen(c, env={**self._env(attempt), **e}) for c, e in zip(cmds, envs)]
+        procs, copiers = [], []
+        for i, (c, e) in enumerate(zip(cmds, envs)):
+            log_path = logs[i] if logs else None
+            p = subprocess.Popen(c, env={**self._env(attempt), **e}, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)
+            procs.append(p)
+            t = threading.Thread(target=_copy_output, args=(p.stdout, log_path), daemon=True)
+            t.start()
+            copiers.append(t)
         try:
-            return [p.wait() for p in procs]
+            codes = [p.wait() for p in procs]
         except KeyboardInterrupt:
             for p in procs:
                 p.send_signal(signal.SIGTERM)
             for p in procs:
                 p.wait()
             raise
+        finally:
+            for t in copiers:
+                t.join(timeout=10)
+        return codes
 
     def run_stage(self, stage: str) -> int:
         spec = STAGES[stage]
@@ -113,7 +160,7 @@ class LocalExecutor:
         pending = list(range(n))
         for attempt in range(res.max_requeues + 1):
             cmds = [cmd + ["--task", str(t), "--num-tasks", str(n)] for t in pending]
-            codes = self._spawn(cmds, attempt)
+            codes = self._spawn(cmds, attempt, None, [self._log_path(stage, f"{stage}.task-{t}") for t in pending])
             failed = [t for t, rc in zip(pending, codes) if rc not in (0, REQUEUE_EXIT_CODE)]
             if failed:
                 log.error("stage %s: task(s) %s failed", stage, failed)
@@ -127,7 +174,7 @@ class LocalExecutor:
         return self._run_with_requeue(cmd + ["--finalize"], stage, f"stage {stage} finalize")
 
     def run(self, stages: list[str]) -> int:
-        self.state.record_submission("local", stages)
+        self.state.record_submission("local", stages, launcher_pid=os.getpid(), launcher_host=socket.gethostname())
         for stage in stages:
             if (self.cfg.run_dir / stage / "DONE").exists():
                 print(f"[lmhpc] {stage}: already complete, skipped")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
     from lmhpc.config import RunConfig
@@ -117,6 +117,8 @@ class TokenizeConfig:
     blend_mix: MixMode = "natural"  # natural: weight x tokens (weight = upsampling); weights: shares as given
     blend_weights: dict[str, float] = field(default_factory=dict)  # default: curate.inputs weights, else 1
     top_tokens: int = 20  # most frequent tokens listed per source / language in the analysis
+
+    fingerprint_ignore: ClassVar[tuple[str, ...]] = ("batch_docs", "batch_mb", "num_threads")
 
     def validate(self, root: RunConfig) -> None:
         from lmhpc.config import ConfigError

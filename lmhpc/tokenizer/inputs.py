@@ -10,14 +10,13 @@ from lmhpc.context import StageContext
 from lmhpc.data.documents import Document
 from lmhpc.runner import StageFailed
 
-INPUT_STAGE = "dedup"
 MODEL_NAME = "tokenizer"  # the tokenizer stage writes <stage>/tokenizer.model, .vocab
 UNKNOWN_LANGUAGE = "unknown"
 
 
 def input_shards(ctx: StageContext) -> list[Path]:
     """The dedup stage's document shards, sorted by name (the order every later step keeps)."""
-    data = ctx.stage_output(INPUT_STAGE) / "data"
+    data = ctx.inputs["dedup"] / "data"
     shards = sorted(p for p in data.glob("part-*.jsonl*") if p.is_file() and not p.name.startswith("."))
     if not shards:
         raise StageFailed(f"stage {ctx.stage}: no document shards (part-*.jsonl*) in {data}")

@@ -29,6 +29,7 @@ import numpy as np
 import sentencepiece as spm
 
 from lmhpc.context import StageContext
+from lmhpc.data.blend import blend_entries, write_blend
 from lmhpc.data.quarantine import Quarantine
 from lmhpc.data.writers import iter_jsonl_docs
 from lmhpc.fsutil import read_json, write_json, write_text
@@ -36,7 +37,6 @@ from lmhpc.launch.preempt import Preempted
 from lmhpc.runner import StageFailed, unit_marker
 from lmhpc.tokenizer import indexed
 from lmhpc.tokenizer.analysis import TokenTally, format_table, summarize_tally
-from lmhpc.tokenizer.blend import blend_entries, write_blend
 from lmhpc.tokenizer.inputs import (
     MODEL_NAME,
     document_language,
@@ -60,7 +60,7 @@ _MODELS: dict[str, tuple[spm.SentencePieceProcessor, ModelFacts]] = {}
 
 def tokenizer_model(ctx: StageContext) -> tuple[Path, spm.SentencePieceProcessor, ModelFacts]:
     """The trained model of the tokenizer stage (loaded once per process)."""
-    path = ctx.stage_output("tokenizer") / f"{MODEL_NAME}.model"
+    path = ctx.inputs["tokenizer"] / f"{MODEL_NAME}.model"
     if not path.is_file():
         raise StageFailed(f"tokenize: the tokenizer stage is complete but {path} is missing")
     key = str(path)
@@ -96,7 +96,12 @@ def remove_stale_parts(ctx: StageContext, index: int) -> None:
 
 
 def units(ctx: StageContext) -> list[str]:
+    """One unit per document shard of the stage it reads."""
     return [str(p) for p in input_shards(ctx)]
+
+
+def unit_file(ctx: StageContext, unit: str) -> Path:
+    return Path(unit)
 
 
 # --------------------------------------------------------------------------------------------

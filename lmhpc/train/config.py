@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from lmhpc.model.args import LAYER_KINDS, ModelArgs
 
@@ -149,6 +149,11 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    # keys that do not change the loss curve: a preempted run may resume with another parallel layout
+    # (checkpoints reshard on load), checkpoint cadence or logging
+    fingerprint_ignore: ClassVar[tuple[str, ...]] = ("parallel", "metrics", "checkpoint.interval",
+                                                      "checkpoint.keep_last", "checkpoint.async_save")
 
     def global_batch(self, dp: int) -> int:
         """Sequences per optimizer step."""

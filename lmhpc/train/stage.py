@@ -24,11 +24,12 @@ import torch
 import torch.distributed as dist
 
 from lmhpc.context import StageContext
+from lmhpc.data.blend import BLEND_FILE, read_blend
 from lmhpc.launch.preempt import Preempted
 from lmhpc.model.transformer import ModelArgs, Transformer, count_params, flops_per_token
 from lmhpc.train.checkpoint import CheckpointManager, latest_step
 from lmhpc.train.config import PretrainConfig
-from lmhpc.train.data import BLEND_FILE, GlobalBatches, TokenIds, read_blend, tokenizer_vocab
+from lmhpc.train.data import GlobalBatches, TokenIds, tokenizer_vocab
 from lmhpc.train.loop import Trainer
 from lmhpc.train.metrics import MetricsFile, device_peak_flops, memory_stats, throughput
 from lmhpc.train.optim import build_optimizer, lr_at, set_lr
@@ -69,7 +70,7 @@ def resolve_data(ctx: StageContext, cfg: PretrainConfig) -> tuple[list[str], lis
     """Prefixes, weights (None: by size) and the end-of-document id the data was written with (if known)."""
     if cfg.data.prefixes:
         return [str(ctx.cfg.path(p)) for p in cfg.data.prefixes], list(cfg.data.weights) or None, None
-    return read_blend(ctx.stage_output("tokenize") / BLEND_FILE)
+    return read_blend(ctx.inputs["tokenize"] / BLEND_FILE)
 
 
 def resolve_vocab(ctx: StageContext, cfg: PretrainConfig, data_eod: int | None) -> tuple[int, int]:
@@ -78,7 +79,7 @@ def resolve_vocab(ctx: StageContext, cfg: PretrainConfig, data_eod: int | None) 
     eod = cfg.data.eod_id if cfg.data.eod_id >= 0 else (data_eod if data_eod is not None else -1)
     if not vocab or eod < 0:
         path = ctx.cfg.path(cfg.data.tokenizer) if cfg.data.tokenizer else \
-            ctx.stage_output("tokenizer") / "tokenizer.model"
+            ctx.inputs["tokenizer"] / "tokenizer.model"
         sp_vocab, sp_eod = tokenizer_vocab(path)
         vocab = vocab or sp_vocab
         eod = eod if eod >= 0 else sp_eod

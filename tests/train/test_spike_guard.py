@@ -10,10 +10,11 @@ import torch
 import torch.distributed as dist
 
 from lmhpc.config import load_config
+from lmhpc.data.blend import read_blend
 from lmhpc.model.transformer import Transformer
 from lmhpc.train.checkpoint import CheckpointManager
 from lmhpc.train.config import SpikeGuardConfig
-from lmhpc.train.data import GlobalBatches, TokenIds, read_blend, tokenizer_vocab
+from lmhpc.train.data import GlobalBatches, TokenIds, tokenizer_vocab
 from lmhpc.train.loop import SpikeGuard, Trainer, TrainingDiverged
 from lmhpc.train.optim import build_optimizer
 from lmhpc.train.parallel import ParallelDims

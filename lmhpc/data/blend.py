@@ -85,3 +85,18 @@ def load_blend(path: Path) -> dict[str, Any]:
         rel = blend["data_path_relative"]
         blend["data_path"] = [x if i % 2 == 0 else str(path.parent / x) for i, x in enumerate(rel)]
     return blend
+
+
+def read_blend(path: Path) -> tuple[list[str], list[float], int | None]:
+    """Prefixes, weights and end-of-document id of the tokenize stage's ``blend.json``
+    (``data_path: [weight, prefix, weight, prefix, ...]``, Megatron's ``--data-path`` as a list)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path}: run the tokenize stage, or set pretrain.data.prefixes")
+    blend = load_blend(path)
+    data_path = blend.get("data_path") or []
+    if not data_path or len(data_path) % 2:
+        raise ValueError(f"{path}: 'data_path' must be a non-empty list of weight, prefix pairs")
+    weights = [float(w) for w in data_path[0::2]]
+    prefixes = [str(p) for p in data_path[1::2]]
+    eod = blend.get("eod_id")
+    return prefixes, weights, None if eod is None else int(eod)
