@@ -29,7 +29,7 @@ SECRET_KEYS = frozenset({
 SECRET_NAME = re.compile(r"(?:KEY|TOKEN|PASSWORD|PASSWD|SECRET)$", re.IGNORECASE)
 # ``NAME=value`` assignments to such names inside a string (setup lines, commands).
 SECRET_ASSIGNMENT = re.compile(
-    r"(?P<name>\b[A-Za-z_][A-Za-z0-9_]*(?:_KEY|KEY|TOKEN|PASSWORD|PASSWD|SECRET))=(?P<value>\"[^\"]*\"|'[^']*'|[^\s;&|]+)",
+    r"(?P<name>\b[A-Za-z_][A-Za-z0-9_]*(?:_KEY|KEY|TOKEN|PASSWORD|PASSWD|SECRET))=(?P<value>\$\([^)]*\)|\"[^\"]*\"|'[^']*'|[^\s;&|]+)",
     re.IGNORECASE,
 )
 REDACTED = "<redacted>"
