@@ -7,6 +7,11 @@ the output is identical whatever the number of tasks. Per unit it writes
 reason) and, with ``write_dropped``, ``dropped/part-<unit>-<k>.jsonl.zst`` (every dropped document
 with ``metadata.drop_reason``). ``finalize`` merges the samples into ``samples/<reason>.jsonl``,
 writes ``report.txt`` and ``report/domains.tsv`` and prints the per-source, per-reason report.
+
+A document whose text is empty or whitespace only is dropped as ``empty_text`` before the filters. A unit
+fails with ``TooMuchBadInput`` (carrying its partial stats) as soon as its bad fraction passes
+``curate.max_bad_fraction`` after ``bad_input.MIN_RECORDS`` records; ``finalize`` applies the same limit to
+the whole stage.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lmhpc.context import StageContext
+from lmhpc.curate.bad_input import BadFractionGuard, TooMuchBadInput, check_fraction
 from lmhpc.curate.config import CurateConfig, InputSpec
 from lmhpc.curate.filters.chain import ChainSet
 from lmhpc.curate.filters.domain import url_host
@@ -36,6 +42,7 @@ DATA_DIR = "data"
 DROPPED_DIR = "dropped"
 SAMPLES_DIR = "samples"
 STOP_CHECK_EVERY = 256  # documents between checks of the preemption flag
+EMPTY_TEXT = "empty_text"
 
 
 def input_files(ctx: StageContext) -> list[tuple[Path, int]]:
@@ -98,79 +105,123 @@ class SubsetCounts:
 
 
 def process_unit(ctx: StageContext, index: int, unit: str) -> dict[str, Any]:
-    """Read one input file, filter and select its documents, write the kept ones; return its stats."""
+    """Read one input file, filter and select its documents, write the kept ones; return its stats.
+
+    Raises ``TooMuchBadInput`` with the unit's partial stats when its bad fraction passes the limit.
+    """
     cfg: CurateConfig = ctx.cfg.curate
     spec, path = _parse_unit(ctx, unit)
     _clear_unit_outputs(ctx, index)
-    chains = ChainSet(cfg.filters, Path(ctx.cfg.base_dir), cfg.samples_per_reason, cfg.write_scores)
-    selector = Selector(cfg.selection, ctx.cfg.run.seed)
-    quarantine = Quarantine(ctx.stage_dir / "quarantine" / f"{index:05d}.jsonl")
-    max_bytes = int(cfg.shard_max_mb * 2**20)
-    writer = ShardWriter(ctx.stage_dir / DATA_DIR, f"part-{index:05d}", max_bytes=max_bytes)
-    dropped_writer = ShardWriter(ctx.stage_dir / DROPPED_DIR, f"part-{index:05d}", max_bytes=max_bytes)
-    sources, domains = SubsetCounts(), SubsetCounts()
-    selection_samples: dict[str, list[dict[str, Any]]] = {}
-    dropped: dict[str, int] = {}
-    docs_read = 0
-    started = last_report = time.time()
-    progress = _progress_bar(index, path)
-    with quarantine, writer, dropped_writer:
-        for doc in read_documents(path, spec, quarantine, max_doc_bytes=cfg.max_doc_bytes,
-                                  default_source=path.parent.name):
-            docs_read += 1
-            if docs_read % STOP_CHECK_EVERY == 0 and ctx.should_stop():
-                raise Preempted(f"stopping inside unit {index} ({path}); it is redone on restart")
-            label, chain = chains.chain_for(doc)
-            reason = chain(doc)
-            if reason is None:
-                reason = selector.select(doc, spec.weight)
-                if reason is not None and len(selection_samples.setdefault(reason, [])) < cfg.samples_per_reason:
-                    selection_samples[reason].append(_sample(doc, reason))
-            chain_names = ">".join(chain.names)
-            sources.record(doc.source, reason, chain_names)
-            host = url_host(doc.url)
-            if host:
-                domains.record(host, reason, chain_names)
-            if reason is None:
-                writer.write(doc)
-            else:
-                dropped[reason] = dropped.get(reason, 0) + 1
-                if cfg.write_dropped:
-                    doc.metadata["drop_reason"] = reason
-                    dropped_writer.write(doc)
-            if progress is not None:
-                progress.update(1)
-            elif time.time() - last_report > cfg.progress_every_s:
-                ctx.log.info("unit %d: %d docs read, %d kept, %d dropped, %d quarantined (%.0f docs/s)", index,
-                             docs_read, writer.docs_written, sum(dropped.values()), quarantine.total,
-                             docs_read / max(time.time() - started, 1e-9))
-                last_report = time.time()
-    if progress is not None:
-        progress.close()
-    bad_source = spec.source or path.parent.name
-    if quarantine.total:
-        sub = sources.get(bad_source)
-        sub["docs_in"] += quarantine.total
-        sub["quarantined"] += quarantine.total
-        sub["quarantine_reasons"] = dict(quarantine.counts)
-    samples = chains.samples()
-    for reason, docs in selection_samples.items():
+    unit_run = _UnitRun(ctx, index, spec, path)
+    try:
+        unit_run.read()
+    except TooMuchBadInput as exc:
+        exc.stats = unit_run.stats()
+        _clear_unit_outputs(ctx, index)  # the quarantine stays, as evidence
+        raise
+    samples = unit_run.chains.samples()
+    for reason, docs in unit_run.stage_samples.items():
         samples.setdefault(reason, []).extend(docs)
     _write_samples(ctx.stage_dir / SAMPLES_DIR / f"unit-{index:05d}.jsonl", samples, cfg.samples_per_reason)
-    return {
-        "docs_in": docs_read + quarantine.total,
-        "docs_out": writer.docs_written,
-        "quarantined": quarantine.total,
-        "quarantine_reasons": dict(quarantine.counts),
-        "dropped": dropped,
-        "bytes_out": writer.bytes_written,
-        "shards": len(writer.close()),
-        "dropped_shards": len(dropped_writer.close()),
-        "filters": chains.stats(),
-        "per_source": sources.counts,
-        "per_domain": domains.counts,
-        "filter_seconds": round(sum(f["seconds"] for f in chains.stats().values()), 3),
-    }
+    return unit_run.stats()
+
+
+class _UnitRun:
+    """One unit being read: its writers, quarantine and counts."""
+
+    def __init__(self, ctx: StageContext, index: int, spec: InputSpec, path: Path) -> None:
+        cfg: CurateConfig = ctx.cfg.curate
+        self.ctx, self.cfg, self.index, self.spec, self.path = ctx, cfg, index, spec, path
+        self.chains = ChainSet(cfg.filters, Path(ctx.cfg.base_dir), cfg.samples_per_reason, cfg.write_scores)
+        self.selector = Selector(cfg.selection, ctx.cfg.run.seed)
+        qpath = ctx.stage_dir / "quarantine" / f"{index:05d}.jsonl"
+        self.guard = BadFractionGuard(f"curate unit {index} ({path})", cfg.max_bad_fraction, str(qpath))
+        self.quarantine = Quarantine(qpath, on_add=self._check_bad_fraction)
+        max_bytes = int(cfg.shard_max_mb * 2**20)
+        self.writer = ShardWriter(ctx.stage_dir / DATA_DIR, f"part-{index:05d}", max_bytes=max_bytes)
+        self.dropped_writer = ShardWriter(ctx.stage_dir / DROPPED_DIR, f"part-{index:05d}", max_bytes=max_bytes)
+        self.sources, self.domains = SubsetCounts(), SubsetCounts()
+        self.stage_samples: dict[str, list[dict[str, Any]]] = {}  # drops decided here, not by a filter
+        self.dropped: dict[str, int] = {}
+        self.docs_read = 0
+
+    def _check_bad_fraction(self, reason: str) -> None:
+        q = self.quarantine
+        self.guard.check(q.total, self.docs_read + q.total, dict(q.counts))
+
+    def read(self) -> None:
+        """Read, filter and write every document of the unit."""
+        ctx, cfg, index, path = self.ctx, self.cfg, self.index, self.path
+        started = last_report = time.time()
+        progress = _progress_bar(index, path)
+        with self.quarantine, self.writer, self.dropped_writer:
+            for doc in read_documents(path, self.spec, self.quarantine, max_doc_bytes=cfg.max_doc_bytes,
+                                      default_source=path.parent.name):
+                self.docs_read += 1
+                if self.docs_read % STOP_CHECK_EVERY == 0 and ctx.should_stop():
+                    raise Preempted(f"stopping inside unit {index} ({path}); it is redone on restart")
+                self._process(doc)
+                if progress is not None:
+                    progress.update(1)
+                elif time.time() - last_report > cfg.progress_every_s:
+                    ctx.log.info("unit %d: %d docs read, %d kept, %d dropped, %d quarantined (%.0f docs/s)", index,
+                                 self.docs_read, self.writer.docs_written, sum(self.dropped.values()),
+                                 self.quarantine.total, self.docs_read / max(time.time() - started, 1e-9))
+                    last_report = time.time()
+        if progress is not None:
+            progress.close()
+
+    def _process(self, doc: Document) -> None:
+        """Filter and select one document, then count, sample and write it."""
+        _, chain = self.chains.chain_for(doc)
+        by_filter = False
+        if not doc.text.strip():
+            reason: str | None = EMPTY_TEXT
+        else:
+            reason = chain(doc)
+            by_filter = reason is not None
+            if reason is None:
+                reason = self.selector.select(doc, self.spec.weight)
+        if reason is not None and not by_filter:  # the filters keep their own samples
+            kept = self.stage_samples.setdefault(reason, [])
+            if len(kept) < self.cfg.samples_per_reason:
+                kept.append(_sample(doc, reason))
+        chain_names = ">".join(chain.names)
+        self.sources.record(doc.source, reason, chain_names)
+        host = url_host(doc.url)
+        if host:
+            self.domains.record(host, reason, chain_names)
+        if reason is None:
+            self.writer.write(doc)
+            return
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        if self.cfg.write_dropped:
+            doc.metadata["drop_reason"] = reason
+            self.dropped_writer.write(doc)
+
+    def stats(self) -> dict[str, Any]:
+        """The unit's stats (partial when reading stopped early)."""
+        quarantine = self.quarantine
+        if quarantine.total:
+            sub = self.sources.get(self.spec.source or self.path.parent.name)
+            sub["docs_in"] += quarantine.total
+            sub["quarantined"] += quarantine.total
+            sub["quarantine_reasons"] = dict(quarantine.counts)
+        filters = self.chains.stats()
+        return {
+            "docs_in": self.docs_read + quarantine.total,
+            "docs_out": self.writer.docs_written,
+            "quarantined": quarantine.total,
+            "quarantine_reasons": dict(quarantine.counts),
+            "dropped": dict(self.dropped),
+            "bytes_out": self.writer.bytes_written,
+            "shards": len(self.writer.close()),
+            "dropped_shards": len(self.dropped_writer.close()),
+            "filters": filters,
+            "per_source": self.sources.counts,
+            "per_domain": self.domains.counts,
+            "filter_seconds": round(sum(f["seconds"] for f in filters.values()), 3),
+        }
 
 
 def _sample(doc: Document, reason: str) -> dict[str, Any]:
@@ -221,13 +272,12 @@ def merge_samples(ctx: StageContext, n_units: int, per_reason: int) -> dict[str,
 def finalize(ctx: StageContext, stats: dict[str, Any]) -> dict[str, Any]:
     """Check the bad-input limit, merge drop samples, write and print the report."""
     cfg: CurateConfig = ctx.cfg.curate
-    limit = cfg.max_bad_fraction
-    if stats["docs_in"] and stats["quarantined"] / stats["docs_in"] > limit:
-        raise StageFailed(
-            f"curate: {stats['quarantined']} of {stats['docs_in']} records are bad "
-            f"({stats['quarantine_reasons']}), more than curate.max_bad_fraction={limit}; "
-            f"see {ctx.stage_dir / 'quarantine'}"
-        )
+    try:
+        check_fraction("curate", stats["quarantined"], stats["docs_in"], cfg.max_bad_fraction,
+                       stats.get("quarantine_reasons", {}), str(ctx.stage_dir / "quarantine"))
+    except TooMuchBadInput as exc:
+        exc.stats = stats
+        raise
     stats["samples"] = merge_samples(ctx, stats.get("units", 0), cfg.samples_per_reason)
     report = format_report(stats, cfg.report_top_domains)
     write_text(ctx.stage_dir / "report.txt", report + "\n", fsync=False)

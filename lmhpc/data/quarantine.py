@@ -7,12 +7,14 @@ import collections
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 from lmhpc.data.writers import compressed_writer, compression_for, open_compressed_reader
+
+OVERSIZED_PREFIX_BYTES = 4096
 
 
 class Quarantine:
@@ -23,11 +25,22 @@ class Quarantine:
     ``"raw_encoding": "base64"`` when those bytes are not valid UTF-8. The file is only created once something
     is added; it is written under a temporary name and renamed into place by ``close()`` (also on leaving a
     ``with`` block, even by an exception, so the evidence is kept). ``.zst``/``.gz`` paths are compressed.
+
+    Readers keep only ``oversized_prefix_bytes`` of a record that is too large, never the whole of it.
+    ``on_add(reason)`` is called after every entry is written (a stage may raise from it to stop early).
     """
 
-    def __init__(self, path: Path, keep_raw_bytes: int = 64 * 2**20) -> None:
+    def __init__(
+        self,
+        path: Path,
+        keep_raw_bytes: int = 64 * 2**20,
+        oversized_prefix_bytes: int = OVERSIZED_PREFIX_BYTES,
+        on_add: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.keep_raw_bytes = keep_raw_bytes
+        self.oversized_prefix_bytes = oversized_prefix_bytes
+        self.on_add = on_add
         self.counts: collections.Counter[str] = collections.Counter()
         self._raw: BinaryIO | None = None
         self._stream: BinaryIO | None = None
@@ -47,20 +60,26 @@ class Quarantine:
         detail: str = "",
         *,
         raw_size: int | None = None,
+        fields: Mapping[str, Any] | None = None,
     ) -> None:
-        """Quarantine one record. ``raw_size`` gives the original length when ``raw`` is already only a prefix."""
+        """Quarantine one record. ``raw_size`` gives the original length when ``raw`` is already only a prefix;
+        ``fields`` are extra keys of the entry (an offset, a size)."""
         if self._closed:
             raise ValueError(f"quarantine {self.path} is closed")
         entry = {"reason": reason, "location": location, "detail": detail, **_raw_fields(raw, self.keep_raw_bytes)}
         if raw_size is not None and raw_size > entry["raw_bytes"]:
             entry["raw_bytes"] = raw_size
             entry["raw_truncated"] = True
+        for key, value in (fields or {}).items():
+            entry.setdefault(key, value)
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
         if self._stream is None:
             self._open()
         assert self._stream is not None
         self._stream.write(line.encode("utf-8"))
         self.counts[reason] += 1
+        if self.on_add is not None:
+            self.on_add(reason)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -162,9 +162,10 @@ def test_every_bad_input_is_quarantined_with_its_reason(tmp_path: Path, make_con
     assert run_stage(cfg, "curate") == 0
     stats = stats_of(cfg.run_dir)
     reasons = stats["quarantine_reasons"]
-    for reason in ("invalid_json", "invalid_utf8", "missing_text", "non_string_text", "empty_text", "too_large",
-                   "truncated_compressed_file", "unreadable_file"):
+    for reason in ("invalid_json", "invalid_utf8", "missing_text", "non_string_text", "too_large", "truncated",
+                   "unreadable_file"):
         assert reasons.get(reason), f"{reason} not quarantined: {reasons}"
+    assert "empty_text" not in reasons and stats["dropped"]["empty_text"] == 1
     assert stats["docs_in"] == stats["docs_out"] + stats["quarantined"] + sum(stats["dropped"].values())
     assert stats["per_source"]["t"]["quarantined"] == stats["quarantined"]
     entries = [json.loads(line) for p in (cfg.run_dir / "curate" / "quarantine").glob("*.jsonl")

@@ -14,7 +14,7 @@ import zstandard
 
 from lmhpc.curate.config import InputSpec
 from lmhpc.data.documents import Document
-from lmhpc.data.quarantine import Quarantine, decode_raw, read_quarantine
+from lmhpc.data.quarantine import OVERSIZED_PREFIX_BYTES, Quarantine, decode_raw, read_quarantine
 from lmhpc.data.readers import FILE_REASONS, REASONS, detect_format, read_documents
 
 
@@ -48,11 +48,14 @@ def test_detect_format(name: str, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["a.txt", "a.csv.gz", "a.zst", "jsonl"])
-def test_detect_format_rejects_unknown(name: str) -> None:
+def test_detect_format_rejects_unknown(tmp_path: Path, name: str) -> None:
     with pytest.raises(ValueError, match="cannot tell the format"):
         detect_format(Path(name))
-    with pytest.raises(ValueError):
-        read_documents(Path(name), InputSpec(), Quarantine(Path("unused.jsonl")))
+    (tmp_path / name).write_bytes(b"# not data\n")
+    docs, entries, _ = read_all(tmp_path / name)
+    (entry,) = entries
+    assert docs == [] and entry["reason"] == "unreadable_file" and "cannot tell the format" in entry["detail"]
+    assert entry["location"] == str(tmp_path / name)
 
 
 # ---------------------------------------------------------------------------------------------- JSON lines
@@ -63,8 +66,8 @@ MIXED_LINES = [
     b'{"text": "caf\xe9"}',  # 3 invalid_utf8
     b'{"title": "no text"}',  # 4 missing_text
     b'{"text": 42}',  # 5 non_string_text
-    b'{"text": ""}',  # 6 empty_text
-    b'{"text": " \\n\\t "}',  # 7 empty_text (whitespace only)
+    b'{"text": ""}',  # 6 empty text: a document (the stage drops it)
+    b'{"text": " \\n\\t "}',  # 7 whitespace only: a document too
     b'["text", "a list"]',  # 8 invalid_record
     b"   ",  # 9 blank: not a record
     b'{"text": null}',  # 10 missing_text
@@ -81,19 +84,18 @@ def test_jsonl_good_records_around_bad_ones(tmp_path: Path) -> None:
     path.parent.mkdir()
     path.write_bytes(b"\n".join(MIXED_LINES))
     docs, entries, q = read_all(path)
-    assert [d.text for d in docs] == ["first good", "emoji \U0001f600 pair", "last good, no newline"]
+    assert [d.text for d in docs] == ["first good", "", " \n\t ", "emoji \U0001f600 pair", "last good, no newline"]
     assert by_location(entries) == {
         "2": "invalid_json", "3": "invalid_utf8", "4": "missing_text", "5": "non_string_text",
-        "6": "empty_text", "7": "empty_text", "8": "invalid_record", "10": "missing_text",
-        "11": "invalid_json", "12": "invalid_utf8",
+        "8": "invalid_record", "10": "missing_text", "11": "invalid_json", "12": "invalid_utf8",
     }
     records = sum(1 for line in MIXED_LINES if line.strip())
     assert len(docs) + q.total == records == 13
     assert all(e["location"].startswith(f"{path}:") for e in entries)
     raw3 = next(e for e in entries if e["location"].endswith(":3"))
     assert decode_raw(raw3) == MIXED_LINES[2]
-    assert docs[2].id == "7"
-    assert docs[1].id == "col/mixed/13", "generated ids are <source>/<stem>/<line>"
+    assert docs[4].id == "7"
+    assert docs[3].id == "col/mixed/13", "generated ids are <source>/<stem>/<line>"
 
 
 def test_jsonl_field_rules(tmp_path: Path) -> None:
@@ -155,12 +157,13 @@ def test_huge_line_is_too_large_and_the_rest_is_read(tmp_path: Path) -> None:
     assert len(docs) + q.total == 3
 
 
-def test_too_large_keeps_raw_up_to_quarantine_limit(tmp_path: Path) -> None:
+def test_too_large_keeps_a_capped_prefix_and_the_size(tmp_path: Path) -> None:
     path = tmp_path / "big.jsonl"
-    line = json.dumps({"text": "y" * 5000}).encode()
+    line = json.dumps({"text": "y" * 50_000}).encode()
     path.write_bytes(line)
     _, (entry,), _ = read_all(path, max_doc_bytes=1000)
-    assert entry["reason"] == "too_large" and decode_raw(entry) == line and not entry["raw_truncated"]
+    assert entry["reason"] == "too_large" and entry["raw_truncated"] and entry["raw_bytes"] == len(line)
+    assert decode_raw(entry) == line[:OVERSIZED_PREFIX_BYTES]
 
 
 def _lines(n: int) -> bytes:
@@ -186,19 +189,19 @@ def test_truncated_compressed_file(tmp_path: Path, kind: str) -> None:
     docs, entries, _ = read_all(path)
     assert [d.id for d in docs] == [f"r{i}" for i in range(complete)]
     (entry,) = entries
-    assert entry["reason"] == "truncated_compressed_file"
+    assert entry["reason"] == "truncated"
     assert entry["location"] == f"{path}:{complete + 1}"
     assert decode_raw(entry) == prefix[prefix.rfind(b"\n") + 1 :]
 
 
-def test_corrupt_gzip_stops_the_file_with_one_entry(tmp_path: Path) -> None:
+def test_corrupt_single_member_gzip_is_one_corrupt_entry(tmp_path: Path) -> None:
     packed = bytearray(gzip.compress(_lines(5000)))
     packed[len(packed) // 2 : len(packed) // 2 + 64] = b"\x00" * 64
     path = tmp_path / "c.jsonl.gz"
     path.write_bytes(bytes(packed))
     docs, entries, _ = read_all(path)
     assert len(docs) < 5000
-    assert [e["reason"] for e in entries if e["reason"] in FILE_REASONS] == ["truncated_compressed_file"]
+    assert [e["reason"] for e in entries if e["reason"] in FILE_REASONS] == ["corrupt"]
 
 
 def test_multi_frame_zst_and_multi_member_gz(tmp_path: Path) -> None:
@@ -255,13 +258,12 @@ def test_parquet_good_and_bad_rows(tmp_path: Path) -> None:
     path.parent.mkdir()
     pq.write_table(table, path, row_group_size=2)
     docs, entries, q = read_all(path, max_doc_bytes=1000)
-    assert [d.id for d in docs] == ["p0", "p4"]
+    assert [d.id for d in docs] == ["p0", "p2", "p3", "p4"]
     assert docs[0].metadata == {"q": 1.5, "lang": "en", "blob": {"base64": "/wA="}}
-    assert docs[1].metadata == {"q": None, "lang": "es", "blob": None}
-    assert docs[0].source == "src"
-    assert by_location(entries) == {
-        "row1": "missing_text", "row2": "empty_text", "row3": "empty_text", "row5": "too_large",
-    }
+    assert docs[3].metadata == {"q": None, "lang": "es", "blob": None}
+    assert docs[0].source == "src" and [d.text for d in docs[1:3]] == ["", "   "]
+    assert by_location(entries) == {"row1": "missing_text", "row5": "too_large"}
+    assert entries[1]["raw_bytes"] == 3000
     assert len(docs) + q.total == 6
     assert json.loads(decode_raw(entries[0]) or b"")["lang"] == "de"
 
@@ -333,8 +335,9 @@ def test_warc_html_responses(tmp_path: Path, name: str) -> None:
     path.parent.mkdir()
     write_warc(path, gz=name.endswith(".gz"))
     docs, entries, _ = read_all(path)
-    assert [d.url for d in docs] == ["https://ex.org/a", "https://ex.org/b", "https://ex.org/c"]
-    a, b, c = docs
+    assert [d.url for d in docs] == ["https://ex.org/a", "https://ex.org/b", "https://ex.org/empty", "https://ex.org/c"]
+    a, b, empty, c = docs
+    assert not empty.text.strip()
     assert "main article text explains" in a.text
     assert "Copyright footer" not in a.text and "About" not in a.text
     assert a.id.startswith("<urn:uuid:") and a.source == "web"
@@ -342,7 +345,7 @@ def test_warc_html_responses(tmp_path: Path, name: str) -> None:
                           "package": "docs-site"}
     assert "über Käse und Brötchen" in b.text and b.metadata["charset"] == "iso-8859-1"
     assert c.metadata["charset_fallback"] and c.metadata["declared_charset"] == "x-no-such-charset"
-    assert [e["reason"] for e in entries] == ["warc_no_html", "empty_text"]
+    assert [e["reason"] for e in entries] == ["warc_no_html"]
     assert all(":record" in e["location"] and "@" in e["location"] for e in entries)
     assert entries[0]["location"].startswith(f"{path}:record4@")
 
@@ -355,8 +358,7 @@ def test_truncated_warc_gz(tmp_path: Path) -> None:
     path.write_bytes(data[: int(len(data) * 0.75)])
     docs, entries, _ = read_all(path)
     assert [d.url for d in docs] == ["https://ex.org/a", "https://ex.org/b"]
-    assert "truncated_compressed_file" in [e["reason"] for e in entries]
-    assert sum(e["reason"] in FILE_REASONS for e in entries) == 1
+    assert [e["reason"] for e in entries if e["reason"] in FILE_REASONS] == ["truncated"]
 
 
 def test_truncated_plain_warc(tmp_path: Path) -> None:
@@ -366,7 +368,7 @@ def test_truncated_plain_warc(tmp_path: Path) -> None:
     path = tmp_path / "cut.warc"
     path.write_bytes(data[: len(data) - 40])
     docs, entries, _ = read_all(path)
-    assert [d.url for d in docs] == ["https://ex.org/a", "https://ex.org/b"]
+    assert [d.url for d in docs] == ["https://ex.org/a", "https://ex.org/b", "https://ex.org/empty"]
     assert entries[-1]["reason"] == "invalid_record" and "truncated" in entries[-1]["detail"]
 
 
@@ -389,7 +391,7 @@ def test_wet_conversion_records(tmp_path: Path) -> None:
             w.write_record(w.create_warc_record(uri, "conversion", payload=io.BytesIO(text.encode()),
                                                 warc_content_type="text/plain"))
     docs, entries, _ = read_all(path, InputSpec(source="cc"))
-    (doc,) = docs
+    doc, blank = docs
     assert doc.text == "Plain extracted text.\nSecond line." and doc.source == "cc"
     assert doc.url == "https://ex.org/1" and doc.metadata == {"content_type": "text/plain"}
-    assert [e["reason"] for e in entries] == ["empty_text"]
+    assert blank.text == "  " and entries == []
