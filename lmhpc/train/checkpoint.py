@@ -138,7 +138,8 @@ class CheckpointManager:
             write_json(path / COMPLETE_MARKER, {"step": step})
             self._purge(step)
         _barrier()
-        log.info("checkpoint step %d saved: %s", step, path)
+        if self.rank == 0:
+            log.info("checkpoint step %d saved: %s", step, path)
 
     def _purge(self, newest: int) -> None:
         keep = set(complete_steps(self.folder)[-self.keep_last:])
@@ -162,7 +163,8 @@ class CheckpointManager:
             rng_file = path / "rng-rank00000.pt"
         restore_rng_state(rng_file)
         train_state = read_json(path / TRAIN_STATE)
-        log.info("resumed from checkpoint step %d (%s)", step, path)
+        if self.rank == 0:
+            log.info("resumed from checkpoint step %d (%s)", step, path)
         return train_state
 
 

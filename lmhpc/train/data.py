@@ -10,17 +10,31 @@ spike rollback skips data).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-BLEND_FILE = "blend.json"
+
+
+@contextlib.contextmanager
+def quiet_megatron() -> Iterator[None]:
+    """Import megatron-core inside this block. Its import-time warnings (no Transformer Engine or apex,
+    as expected on CPU; deprecations of modules we do not use) are ignored within the block only; its
+    loggers (Megatron-FSDP's info lines, the dataset builder's progress) are set to WARNING for good."""
+    logging.getLogger("megatron").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 @dataclass
@@ -47,23 +61,6 @@ def tokenizer_vocab(model_path: Path) -> tuple[int, int]:
     return sp.vocab_size(), sp.eos_id()
 
 
-def read_blend(path: Path) -> tuple[list[str], list[float], int | None]:
-    """Prefixes, weights and end-of-document id of the tokenize stage's ``blend.json``
-    (``data_path: [weight, prefix, weight, prefix, ...]``, Megatron's ``--data-path`` as a list)."""
-    from lmhpc.tokenizer.blend import load_blend
-
-    if not path.is_file():
-        raise FileNotFoundError(f"no {path}: run the tokenize stage, or set pretrain.data.prefixes")
-    blend = load_blend(path)
-    data_path = blend.get("data_path") or []
-    if not data_path or len(data_path) % 2:
-        raise ValueError(f"{path}: 'data_path' must be a non-empty list of weight, prefix pairs")
-    weights = [float(w) for w in data_path[0::2]]
-    prefixes = [str(p) for p in data_path[1::2]]
-    eod = blend.get("eod_id")
-    return prefixes, weights, None if eod is None else int(eod)
-
-
 def check_prefixes(prefixes: list[str]) -> None:
     for p in prefixes:
         for suffix in (".bin", ".idx"):
@@ -77,8 +74,9 @@ class GlobalBatches:
     def __init__(self, prefixes: list[str], weights: list[float] | None, seq_len: int, global_batch: int,
                  num_samples: int, seed: int, cache_dir: Path, token_ids: TokenIds) -> None:
         check_prefixes(prefixes)
-        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-        from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+        with quiet_megatron():
+            from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+            from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
         cache_dir.mkdir(parents=True, exist_ok=True)
         config = GPTDatasetConfig(
@@ -93,21 +91,16 @@ class GlobalBatches:
             eod_mask_loss=False,
             create_attention_mask=False,
         )
-        megatron_log = logging.getLogger("megatron")
-        level = megatron_log.level
-        megatron_log.setLevel(logging.WARNING)
-        try:
-            train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True,
-                                                        config).build()
-        finally:
-            megatron_log.setLevel(level)
+        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True, config).build()
         self.dataset = train
+        self.token_ids = token_ids
         self.seq_len = seq_len
         self.global_batch = global_batch
         if len(self.dataset) == 0:
             raise ValueError(f"the tokenized data {prefixes} holds no sample of {seq_len + 1} tokens")
-        log.info("training data: %d samples of %d tokens from %d prefix(es)", len(self.dataset), seq_len,
-                 len(prefixes))
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            log.info("training data: %d samples of %d tokens from %d prefix(es)", len(self.dataset), seq_len,
+                     len(prefixes))
 
     def samples(self, indices: range) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens (n, T) and labels (n, T), masked labels set to :data:`IGNORE_INDEX`."""
@@ -147,11 +140,12 @@ def synthetic_tokens(vocab_size: int, num_docs: int, doc_len: int, seed: int, eo
 
 def write_indexed_dataset(prefix: Path, docs: list[np.ndarray], vocab_size: int) -> Path:
     """Write documents as a Megatron ``prefix.bin/.idx`` pair (megatron-core's builder)."""
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+    with quiet_megatron():
+        from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     prefix.parent.mkdir(parents=True, exist_ok=True)
     builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=DType.optimal_dtype(vocab_size))
     for doc in docs:
-        builder.add_document(torch.as_tensor(doc), [len(doc)])
+        builder.add_document(doc, [len(doc)])  # megatron calls numpy.array on it: a tensor warns, an array not
     builder.finalize(str(prefix) + ".idx")
     return prefix

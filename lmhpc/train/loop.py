@@ -5,14 +5,19 @@ Loss normalisation (torchtitan's): every rank divides its summed token losses by
 tokens in the *global* batch (all micro-batches, all data-parallel and context-parallel ranks) and
 multiplies by the number of ranks whose gradients DDP/FSDP average. The gradient is then exactly
 that of the global mean loss, however the batch is split over ranks and micro-batches.
+
+Every finished step goes to a :class:`~lmhpc.train.metrics.StepLog`, which logs the step line on
+rank 0 every ``pretrain.metrics.log_every`` steps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import statistics
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmhpc.model.moe import MoE
+from lmhpc.model.transformer import flops_per_token
 from lmhpc.train.config import PretrainConfig, SpikeGuardConfig
 from lmhpc.train.data import IGNORE_INDEX, GlobalBatches
+from lmhpc.train.metrics import StepLog, device_peak_flops
 from lmhpc.train.parallel import (
     ParallelDims,
     RingContext,
@@ -134,6 +141,11 @@ class Trainer:
         if cp > 1 and resolve_cp_impl(dims.cfg.cp_impl, device.type, cfg.train.compile) == "dtensor":
             self.ring = RingContext(dims.submesh(("cp",)), cfg.train.seq_len, dims.cfg.cp_rotate, self.cp_positions)
         self.autocast = cfg.train.precision == "bf16" and not (dims.cfg.dp_shard > 1 or dims.cfg.cp > 1)
+        args = dataclasses.replace(cfg.model, vocab_size=data.token_ids.vocab_size)
+        self.step_log = StepLog(cfg.train.steps, cfg.metrics.log_every, data.global_batch * cfg.train.seq_len,
+                                dims.world_size, flops_per_token(args, cfg.train.seq_len),
+                                device_peak_flops(device, cfg.metrics.peak_tflops), device, enabled=dims.rank == 0)
+        self._last_step_end: float | None = None
 
     # -- pieces ---------------------------------------------------------------------------------
     def _micro_batches(self, data_step: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -226,6 +238,8 @@ class Trainer:
         return PreparedStep(batches, global_tokens), stops > 0
 
     def train_step(self, step: int, data_step: int, prepared: PreparedStep | None = None) -> StepOutcome:
+        """Optimizer step ``step`` (counted from 0) on global batch ``data_step``; then the step line."""
+        started = time.perf_counter()
         if prepared is None:
             prepared, _ = self.prepare_step(data_step, False)
         batches, global_tokens = prepared.batches, prepared.global_tokens
@@ -257,7 +271,19 @@ class Trainer:
                 opt.step()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
+        now = time.perf_counter()
+        if not outcome.rollback:
+            # a whole iteration: since the previous step ended (data, checkpoint saves), or since this
+            # step began for the first step of the process
+            since = self._last_step_end if self._last_step_end is not None else started
+            self.step_log.step_done(step + 1, now - since, loss, grad_norm, self._base_lr(), outcome.applied)
+        self._last_step_end = now
         return outcome
+
+    def _base_lr(self) -> float:
+        """The schedule's learning rate (groups carry it times their μP ``lr_mult``)."""
+        group = self.optimizers[0].param_groups[0]
+        return group["lr"] / group.get("lr_mult", 1.0)
 
     def moe_stats(self) -> dict[str, Any]:
         """Per-layer expert load and auxiliary losses since the last call, summed over all ranks."""

@@ -3,17 +3,22 @@
 MFU follows torchtitan / PaLM: ``flops_per_token × tokens/s per device / peak``, against the dense
 BF16 peak of the GPU (FP8 runs are labelled, not re-based). CPUs have no reliable peak figure, so
 there is no MFU on CPU unless ``pretrain.metrics.peak_tflops`` gives one.
+
+:class:`StepLog` writes the line a person follows in the job's log, from rank 0 only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+log = logging.getLogger("lmhpc.pretrain")
 
 # dense BF16 tensor-core peaks (FLOP/s), by a substring of torch.cuda.get_device_name()
 GPU_BF16_PEAK = (
@@ -64,6 +69,93 @@ def throughput(tokens: int, seconds: float, world_size: int, flops_per_token: fl
         "tflops_per_device": achieved / 1e12,
         "mfu_pct": 100.0 * achieved / peak if peak else None,
     }
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``4m05s`` or ``12s``."""
+    total = max(int(round(seconds)), 0)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def memory_text(stats: dict[str, float]) -> str:
+    """:func:`memory_stats` in a few words."""
+    if "max_allocated_gib" in stats:
+        return f"mem {stats['max_allocated_gib']:.1f}/{stats['max_reserved_gib']:.1f} GiB (peak alloc/reserved)"
+    return f"mem {stats['max_rss_gib']:.2f} GiB (peak rss)"
+
+
+class StepLog:
+    """The step line: on rank 0 only, every ``log_every`` steps and at the last step, e.g.
+
+    ``step 40/1000 | loss 3.2145 | grad norm 0.82 | lr 3.0e-04 | 12,345 tok/s | MFU 41.2% |
+    mem 35.1/38.0 GiB (peak alloc/reserved) | ETA 1h02m``
+
+    tokens/s and MFU cover the wall time since the previous line (whole iterations: data, step and
+    checkpoint saves). The ETA is the remaining steps times the mean step time since this process
+    started, the first step (warm-up, compilation) left out once there are others.
+    """
+
+    def __init__(self, total_steps: int, log_every: int, tokens_per_step: int, world_size: int,
+                 flops_per_token: float, peak: float | None, device: torch.device, enabled: bool = True) -> None:
+        self.total_steps = total_steps
+        self.log_every = max(log_every, 1)
+        self.tokens_per_step = tokens_per_step
+        self.world_size = world_size
+        self.flops_per_token = flops_per_token
+        self.peak = peak
+        self.device = device
+        self.enabled = enabled
+        self._first_seconds: float | None = None
+        self._rest_seconds = 0.0
+        self._rest_steps = 0
+        self._interval_seconds = 0.0
+        self._interval_steps = 0
+
+    def due(self, step: int) -> bool:
+        """Whether finished step ``step`` (counted from 1) gets a line."""
+        return step % self.log_every == 0 or step == self.total_steps
+
+    def mean_step_seconds(self) -> float | None:
+        """Mean wall time of a step, warm-up left out; None before the first step."""
+        if self._rest_steps:
+            return self._rest_seconds / self._rest_steps
+        return self._first_seconds
+
+    def step_done(self, step: int, seconds: float, loss: float, grad_norm: float, lr: float,
+                  applied: bool = True) -> str | None:
+        """Record finished step ``step`` (counted from 1) that took ``seconds``; logs and returns its
+        line when it is due on this rank, else None."""
+        if self._first_seconds is None:
+            self._first_seconds = seconds
+        else:
+            self._rest_seconds += seconds
+            self._rest_steps += 1
+        self._interval_seconds += seconds
+        self._interval_steps += 1
+        if not self.due(step):
+            return None
+        rate = throughput(self.tokens_per_step * self._interval_steps, self._interval_seconds, self.world_size,
+                          self.flops_per_token, self.peak)
+        self._interval_seconds, self._interval_steps = 0.0, 0
+        if not self.enabled:
+            return None
+        mfu = rate["mfu_pct"]
+        mean = self.mean_step_seconds() or 0.0
+        parts = [f"step {step}/{self.total_steps}", f"loss {loss:.4f}", f"grad norm {grad_norm:.3g}", f"lr {lr:.2e}",
+                 f"{rate['tokens_per_s']:,.0f} tok/s", f"MFU {mfu:.1f}%" if mfu is not None else "MFU n/a",
+                 memory_text(memory_stats(self.device)),
+                 f"ETA {format_duration(max(self.total_steps - step, 0) * mean)}"]
+        if not applied:
+            parts.append("update skipped (loss spike)")
+        line = " | ".join(parts)
+        log.info("%s", line)
+        return line
 
 
 class MetricsFile:
