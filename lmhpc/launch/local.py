@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO, TextIO
 
 from lmhpc.config import RunConfig
 from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
@@ -32,27 +32,22 @@ log = logging.getLogger("lmhpc.local")
 LOGS_DIR = "logs"
 
 
-def _copy_output(stream: IO[bytes], log_path: Path | None) -> None:
-    """Copy a process's output line by line to this process's stderr and, when given, a log file."""
-    fh = None
-    if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(log_path, "ab")  # noqa: SIM115 - closed below, after the stream ends
-    out = getattr(sys.stderr, "buffer", None)
+def _copy_output(stream: IO[bytes], to: TextIO, log: BinaryIO | None, lock: threading.Lock) -> None:
+    """Copy a process's output stream line by line to ``to`` (this process's stdout or stderr) and the log."""
+    out = getattr(to, "buffer", None)
     try:
         for line in iter(stream.readline, b""):
             if out is not None:
                 out.write(line)
                 out.flush()
             else:
-                sys.stderr.write(line.decode("utf-8", "replace"))
-            if fh is not None:
-                fh.write(line)
-                fh.flush()
+                to.write(line.decode("utf-8", "replace"))
+            if log is not None:
+                with lock:
+                    log.write(line)
+                    log.flush()
     finally:
         stream.close()
-        if fh is not None:
-            fh.close()
 
 
 def venv_tool(name: str) -> str:
@@ -126,15 +121,20 @@ class LocalExecutor:
                logs: list[Path] | None = None) -> list[int]:
         """Start the processes, copy each one's output to the terminal and to its log file, wait for all."""
         envs = envs or [{}] * len(cmds)
-        procs, copiers = [], []
+        procs, copiers, files = [], [], []
         for i, (c, e) in enumerate(zip(cmds, envs)):
-            log_path = logs[i] if logs else None
-            p = subprocess.Popen(c, env={**self._env(attempt), **e}, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT)
+            log = None
+            if logs:
+                logs[i].parent.mkdir(parents=True, exist_ok=True)
+                log = open(logs[i], "ab")  # noqa: SIM115 - closed once the copiers are done
+                files.append(log)
+            p = subprocess.Popen(c, env={**self._env(attempt), **e}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             procs.append(p)
-            t = threading.Thread(target=_copy_output, args=(p.stdout, log_path), daemon=True)
-            t.start()
-            copiers.append(t)
+            lock = threading.Lock()
+            for stream, to in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
+                t = threading.Thread(target=_copy_output, args=(stream, to, log, lock), daemon=True)
+                t.start()
+                copiers.append(t)
         try:
             codes = [p.wait() for p in procs]
         except KeyboardInterrupt:
@@ -146,6 +146,8 @@ class LocalExecutor:
         finally:
             for t in copiers:
                 t.join(timeout=10)
+            for fh in files:
+                fh.close()
         return codes
 
     def run_stage(self, stage: str) -> int:

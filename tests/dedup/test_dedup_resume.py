@@ -118,6 +118,10 @@ def test_changed_settings_invalidate_work_files(tmp_path, planted):
     assert run_stage(load_config(config), "dedup") == 0
     stage = runs / "t" / "dedup"
     (stage / "DONE").unlink()  # as if the stage had not completed
+    # a rerun under other settings is refused (the start record names the change) ...
+    assert run_stage(load_config(config, ["dedup.minhash.num_perm=64"]), "dedup") == 1
+    # ... and without that record, the work files themselves are not reused under other settings
+    (stage / "_stage.json").unlink()
     assert run_stage(load_config(config, ["dedup.minhash.num_perm=64"]), "dedup") == 0
     stats = json.loads((stage / "stats.json").read_text())
     assert stats["resumed"] == {"shards_already_signed": 0, "shards_already_written": 0, "decisions_reused": False}
