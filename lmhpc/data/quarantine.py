@@ -6,13 +6,13 @@ import base64
 import collections
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 from lmhpc.data.writers import compressed_writer, compression_for, open_compressed_reader
+from lmhpc.fsutil import temp_file_beside
 
 OVERSIZED_PREFIX_BYTES = 4096
 
@@ -82,9 +82,7 @@ class Quarantine:
             self.on_add(reason)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._tmp = Path(tmp)
+        fd, self._tmp = temp_file_beside(self.path)
         self._raw = os.fdopen(fd, "wb")
         self._stream = compressed_writer(self._raw, compression_for(self.path))
 

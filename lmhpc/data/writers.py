@@ -11,7 +11,6 @@ import gzip
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +19,7 @@ from typing import BinaryIO
 import zstandard
 
 from lmhpc.data.documents import Document
+from lmhpc.fsutil import temp_file_beside
 
 SUFFIXES = {"zst": ".jsonl.zst", "gz": ".jsonl.gz", "none": ".jsonl"}
 ZSTD_LEVEL = 3
@@ -178,10 +178,7 @@ class ShardWriter:
         return self.directory / f"{self.prefix}-{index:05d}{SUFFIXES[self.compression]}"
 
     def _open_shard(self) -> None:
-        final = self._shard_path(len(self._paths))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=self.directory)
-        self._tmp = Path(tmp)
+        fd, self._tmp = temp_file_beside(self._shard_path(len(self._paths)))
         self._raw = os.fdopen(fd, "wb")
         self._stream = compressed_writer(self._raw, self.compression)
         self._shard_bytes = 0
