@@ -6,7 +6,8 @@ resuming at the next member after a corrupt one.
 * ``corrupt``: a member failed to decode (bad data, bad checksum, bytes that are not a member). Reading
   resumes at the next member header (gzip ``1f 8b 08``, zstd ``28 b5 2f fd``) that decodes; the region from
   the failing member's start to that header, or to the end of the file, is one ``Damage``.
-* ``truncated``: the file ends inside a member that was decoding without error.
+* ``truncated``: the file ends inside a member (that decoded without error so far), and no member after it
+  decodes.
 * ``unreadable_file``: the file cannot be opened or read, or nothing at all in it decodes.
 
 A header found while resynchronising may be a chance match inside damaged data, so what it decodes is held
@@ -167,7 +168,7 @@ class _MemberReader:
     def events(self) -> Iterator[bytes | Damage]:
         pos = 0
         damage_at: int | None = None  # start of the damaged region being skipped
-        error = ""
+        error, truncated = "", False
         try:
             while self.window.get(pos, 1):
                 if damage_at is None and self.window.get(pos, 1) == b"\0" and self.window.zeros_to_end(pos):
@@ -180,11 +181,8 @@ class _MemberReader:
                         self.decoded += len(out)
                         yield out
                 except _MemberFailed as failed:
-                    if damage_at is None and failed.truncated:
-                        yield Damage(TRUNCATED, pos, self.window.end - pos, failed.error, False)
-                        return
-                    if damage_at is None:
-                        damage_at, error = pos, failed.error
+                    if damage_at is None:  # a member that seems cut off may have a damaged header: look on
+                        damage_at, error, truncated = pos, failed.error, failed.truncated
                     found = self.window.find(self.magic, pos + 1)
                     if found is None:
                         break
@@ -198,9 +196,11 @@ class _MemberReader:
             yield Damage(UNREADABLE_FILE, pos, 0, _error(exc), False)
             return
         if damage_at is not None:
-            end = self.window.end
-            reason = UNREADABLE_FILE if damage_at == 0 and not self.decoded else CORRUPT
-            yield Damage(reason, damage_at, end - damage_at, error, False)
+            if truncated:
+                reason = TRUNCATED
+            else:
+                reason = UNREADABLE_FILE if damage_at == 0 and not self.decoded else CORRUPT
+            yield Damage(reason, damage_at, self.window.end - damage_at, error, False)
 
     def _member(self, start: int, hold: bool) -> Iterator[bytes]:
         """Decode the member at ``start``; ``self._end`` is where it ended. With ``hold``, its output comes only

@@ -113,14 +113,14 @@ def read_warc(ctx: InputFile) -> Iterator[Document]:
         records = ArchiveIterator(stream)
         records.known_format = "warc"  # never fall back to guessing the old ARC format
         index = yield from _read_segment(ctx, stream, records, start, index)
-        damage = stream.damage
+        damage, at = stream.damage, stream.position
         if damage is None:
             return
         skipped = stream.resume() if damage.resumed else 0
         detail = f"{damage.describe()} (after {index} WARC records)"
         if skipped:
             detail += f"; {skipped} decoded bytes before the next record header skipped"
-        ctx.add(damage.reason, f"{ctx.path}:record{index}@{start}", detail=detail,
+        ctx.add(damage.reason, f"{ctx.path}:record{index}@{at}", detail=detail,
                 fields={"offset": damage.offset, "skipped_bytes": damage.size})
         index += 1
         if not damage.resumed:

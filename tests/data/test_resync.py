@@ -4,15 +4,19 @@ inside a member is ``truncated``."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmhpc.curate.config import InputSpec
 from lmhpc.data.documents import Document
@@ -197,3 +201,53 @@ def test_resync_after_a_member_larger_than_the_read_window(tmp_path: Path) -> No
     assert [(e["reason"], e["offset"], e["skipped_bytes"]) for e in damage] == [(CORRUPT, 0, len(first))]
     assert [d.id for d in docs][-50:] == [f"r{i}" for i in range(50)]
     assert docs[0].id == "b0"
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.integers(3, 5), st.data(), st.booleans())
+def test_damage_anywhere_in_one_member_spares_the_others(members: int, data: st.DataObject, zst: bool) -> None:
+    cctx = zstandard.ZstdCompressor(write_checksum=True)
+    parts = [cctx.compress(lines(m * 100, 40)) if zst else gzip.compress(lines(m * 100, 40), mtime=0)
+             for m in range(members)]
+    k = data.draw(st.integers(0, members - 1))
+    start = sum(len(p) for p in parts[:k])
+    a = data.draw(st.integers(start, start + len(parts[k]) - 1))
+    b = data.draw(st.integers(a + 1, start + len(parts[k])))
+    noise = data.draw(st.binary(min_size=b - a, max_size=b - a))
+    blob = b"".join(parts)
+    damaged = blob[:a] + noise + blob[b:]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"f.jsonl.{'zst' if zst else 'gz'}"
+        path.write_bytes(damaged)
+        docs, entries = read_all(path)
+    ids = {d.id for d in docs}
+    for m in range(members):
+        if m != k:
+            assert {f"r{i}" for i in range(m * 100, m * 100 + 40)} <= ids, f"member {m} lost (damage in {k})"
+    if damaged != blob:
+        assert [e["reason"] for e in entries if e["reason"] in FILE_REASONS] in ([], [CORRUPT], [TRUNCATED])
+
+
+@functools.cache
+def four_record_warc() -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "crawl.warc.gz"
+        write_warc_gz(path, ["a", "b", "c", "d"])  # record ids and dates differ from one call to the next
+        return path.read_bytes()
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(st.data())
+def test_warc_damage_anywhere_in_one_record_spares_the_others(data: st.DataObject) -> None:
+    blob = four_record_warc()
+    members = gzip_members(blob)
+    k = data.draw(st.integers(0, len(members) - 1))
+    a = data.draw(st.integers(members[k][0], members[k][1] - 1))
+    b = data.draw(st.integers(a + 1, members[k][1]))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "web" / "crawl.warc.gz"
+        path.parent.mkdir()
+        path.write_bytes(blob[:a] + data.draw(st.binary(min_size=b - a, max_size=b - a)) + blob[b:])
+        docs, _ = read_all(path)
+    urls = {d.url for d in docs}
+    assert {f"https://ex.org/{n}" for i, n in enumerate("abcd") if i != k} <= urls
