@@ -44,9 +44,12 @@ def _stage(args: argparse.Namespace) -> int:
         print(f"lmhpc: unknown stage '{args.name}'; known: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     cfg = load_config(args.config, args.overrides)
-    if (args.task is None) != (args.num_tasks is None):
-        print("lmhpc: --task and --num-tasks go together", file=sys.stderr)
+    if args.num_tasks is not None and args.task is None:
+        print("lmhpc: --num-tasks needs --task", file=sys.stderr)
         return 2
+    if args.task is not None and args.num_tasks is None:
+        # the config's task count, not the array's: a resubmission may hold only some indices
+        args.num_tasks = cfg.resources_for(args.name).tasks
     if args.task is not None and not 0 <= args.task < args.num_tasks:
         print(f"lmhpc: --task must be in [0, {args.num_tasks})", file=sys.stderr)
         return 2
@@ -122,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--task", type=int, default=None, help="array stages: this task's index")
-    s.add_argument("--num-tasks", type=int, default=None, help="array stages: number of tasks")
+    s.add_argument("--num-tasks", type=int, default=None,
+                   help="array stages: number of tasks (default: resources.<stage>.tasks)")
     s.add_argument("--finalize", action="store_true", help="array stages: merge the tasks' results")
     s.set_defaults(func=_stage)
 

@@ -146,7 +146,11 @@ def _distributed_identity(kind: str) -> tuple[int, int, int, Any]:
             os.environ["RANK"] = os.environ["SLURM_PROCID"]
             os.environ["WORLD_SIZE"] = os.environ.get("SLURM_NTASKS", "1")
             os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            if "MASTER_ADDR" not in os.environ:
+                # rendezvous on the allocation's first node, as slurm/common.sh does for sbatch
+                from lmhpc.launch.hosts import first_host
+
+                os.environ["MASTER_ADDR"] = first_host(os.environ.get("SLURM_JOB_NODELIST")) or "127.0.0.1"
             os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 40000))
         rank = int(os.environ.get("RANK", 0))
         world = int(os.environ.get("WORLD_SIZE", 1))
@@ -274,7 +278,7 @@ def run_stage(
                 complete_stage(ctx, stats or {}, started)
     except Preempted as e:
         log.warning("stage %s preempted (%s); state saved, exiting for requeue", stage, e)
-        code = requeue_or_exit(rank)
+        code = requeue_or_exit(stage, str(e), cfg.resources_for(stage).max_requeues)
     except StageChanged as e:
         log.error("%s", e)
         code = 1

@@ -13,7 +13,14 @@ if [ ! -x "$LMHPC_PYTHON" ] && ! command -v "$LMHPC_PYTHON" >/dev/null 2>&1; the
 fi
 echo "lmhpc: job ${SLURM_JOB_ID:-?} (array task ${SLURM_ARRAY_TASK_ID:--}) restart ${SLURM_RESTART_COUNT:-0} on $(hostname)"
 
-# lmhpc_stage STAGE CONFIG [overrides...] [--task I --num-tasks N] [--finalize]
+# This array task's index in its stage: the array index plus LMHPC_TASK_OFFSET, set by slurm/pipeline.sh
+# when a stage has more tasks than the cluster's MaxArraySize and goes out as several arrays.
+lmhpc_array_task() {
+  echo $(( ${LMHPC_TASK_OFFSET:-0} + ${SLURM_ARRAY_TASK_ID:-0} ))
+}
+
+# lmhpc_stage STAGE CONFIG [overrides...] [--task I [--num-tasks N]] [--finalize]
+# (array stages: the number of tasks is the config's resources.<stage>.tasks unless --num-tasks says)
 lmhpc_stage() {
   local stage=$1; shift
   # python on every task of this step; MPI stages add --mpi via LMHPC_SRUN_ARGS

@@ -2,8 +2,9 @@
 
 The signal handler only sets a flag. Stages poll ``ctx.should_stop()`` at a step/unit boundary,
 ranks agree on it with one collective, the stage saves its state and raises :class:`Preempted`;
-the runner then requeues the job (SLURM: ``scontrol requeue``) or, locally, exits with
-:data:`REQUEUE_EXIT_CODE` so the local executor starts the task again.
+the runner then requeues the job (SLURM: ``scontrol requeue`` by the job step's first process, at
+most ``resources.<stage>.max_requeues`` times) or, locally, exits with :data:`REQUEUE_EXIT_CODE` so
+the local executor starts the task again.
 """
 
 from __future__ import annotations
@@ -51,20 +52,56 @@ class PreemptionFlag:
         return self._event.is_set()
 
 
+FAILED_EXIT_CODE = 1  # preempted but not requeued (budget spent, requeue refused): the job ends FAILED
+
+
 def slurm_job_id() -> str | None:
-    """The id ``scontrol requeue`` needs. Array tasks have their own ``SLURM_JOB_ID`` too, which
-    (unlike ``<array job>_<task>`` for throttled arrays) scontrol always accepts."""
+    """The id ``scontrol requeue`` needs for this job alone: ``<array job>_<task>`` for an array task,
+    ``SLURM_JOB_ID`` otherwise. (The last task of an array shares its ``SLURM_JOB_ID`` with the array
+    itself, and requeueing that id requeues every task of the array, finished ones included.)"""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
     return os.environ.get("SLURM_JOB_ID")
 
 
-def requeue_or_exit(rank: int) -> int:
-    """After a save on preemption: requeue the SLURM job (rank 0 only) and return the exit code."""
+def restart_count() -> int:
+    """How many times SLURM has requeued this job (array task) so far."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
+def requeue_or_exit(stage: str, reason: str, max_requeues: int) -> int:
+    """After a save on preemption: requeue the SLURM job and return the exit code every process of the
+    job step returns (75 for a requeue, 1 when it must fail instead).
+
+    The first process of the job step (``SLURM_PROCID == 0``) requeues its own job, or its own array
+    task, whatever the stage's rank. Once the job was requeued ``max_requeues`` times
+    (``SLURM_RESTART_COUNT``), nothing is requeued: the work that keeps being interrupted does not fit
+    in the time limit, and an error names it (``reason``). Outside SLURM the local executor restarts the
+    task and counts attempts itself.
+    """
     job = slurm_job_id()
-    if job and os.environ.get("LMHPC_EXECUTOR") == "slurm":
-        if rank == 0:
-            log.warning("preempted: requeueing SLURM job %s", job)
-            res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            if res.returncode != 0:
-                log.error("scontrol requeue %s failed: %s", job, res.stderr.strip())
+    if not job or os.environ.get("LMHPC_EXECUTOR") != "slurm":
         return REQUEUE_EXIT_CODE
+    restarts = restart_count()
+    if restarts >= max_requeues:
+        log.error(
+            "stage %s: preempted again (%s) after %d requeue(s) of SLURM job %s; resources.%s.max_requeues=%d "
+            "is spent, so the job fails instead of requeueing: this work does not fit in the time limit "
+            "(raise resources.%s.timeout_min, lower executor.signal_delay_s, or split the input into smaller units)",
+            stage, reason, restarts, job, stage, max_requeues, stage,
+        )
+        return FAILED_EXIT_CODE
+    if int(os.environ.get("SLURM_PROCID") or 0) != 0:
+        return REQUEUE_EXIT_CODE
+    log.warning("preempted: requeueing SLURM job %s (requeue %d of %d)", job, restarts + 1, max_requeues)
+    try:
+        res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        error = res.stderr.strip() if res.returncode != 0 else None
+    except (OSError, subprocess.TimeoutExpired) as e:
+        error = str(e)
+    if error is not None:
+        # exiting 75 without a requeue would leave a FAILED job that looks preempted: say why instead
+        log.error("stage %s: scontrol requeue %s failed: %s", stage, job, error)
+        return FAILED_EXIT_CODE
     return REQUEUE_EXIT_CODE

@@ -1,7 +1,7 @@
 """The SLURM executor: every stage a submitit job, chained with ``afterok`` dependencies.
 
-- array stages: one SLURM array (``map_array``) over task indices, then a finalize job that
-  depends on the whole array;
+- array stages: one SLURM array (``map_array``) over task indices, several when the stage has more
+  tasks than the cluster's ``MaxArraySize``, then a finalize job that depends on all of them;
 - mpi stages: one job of N tasks launched by ``srun --mpi=pmi2``;
 - torch stages: one task per GPU (or per process on CPU) with submitit's
   ``TorchDistributedEnvironment``;
@@ -9,15 +9,22 @@
   ``--signal=USR2@<delay>`` and ``--open-mode=append`` (from submitit).
 
 The job itself is :class:`StageJob`, a ``Checkpointable``: on requeue it runs again and the stage
-resumes from what it saved.
+resumes from what it saved. Submitted from inside a running job, the new jobs do not inherit that
+job's ``SLURM_*``/``SBATCH_*`` variables.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
 import os
+import re
 import shlex
+import subprocess
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,61 @@ from lmhpc.launch.state import PipelineState
 from lmhpc.stages import STAGES
 
 log = logging.getLogger("lmhpc.slurm")
+
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
+KEPT_IN_JOBS = frozenset({"SLURM_CONF"})  # where the cluster is, not what the enclosing job was given
+
+
+@functools.lru_cache(maxsize=1)
+def max_array_size() -> int:
+    """The cluster's ``MaxArraySize`` (an array holds indices 0..MaxArraySize-1), from ``scontrol show
+    config``; :data:`DEFAULT_MAX_ARRAY_SIZE` when scontrol cannot tell. Asked once per process."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
+    return int(m.group(1)) if out.returncode == 0 and m else DEFAULT_MAX_ARRAY_SIZE
+
+
+def array_chunks(tasks: int, limit: int) -> list[range]:
+    """Task indices 0..tasks-1 cut into runs of at most ``limit``: one SLURM array each."""
+    if limit < 1:
+        raise ValueError(f"MaxArraySize={limit}: job arrays are disabled on this cluster")
+    return [range(start, min(start + limit, tasks)) for start in range(0, tasks, limit)]
+
+
+def submission_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment to submit jobs with. Inside a running job (``SLURM_JOB_ID`` set) every
+    ``SLURM_*``/``SBATCH_*`` variable describes that job (its memory, tasks, array, time): passed on,
+    they would override or contradict the new jobs' own options (e.g. an inherited
+    ``SLURM_MEM_PER_CPU`` beside the new job's ``SLURM_MEM_PER_NODE`` makes srun refuse to start), so
+    they are dropped, ``SLURM_CONF`` excepted."""
+    if not environ.get("SLURM_JOB_ID"):
+        return dict(environ)
+    return {k: v for k, v in environ.items() if k in KEPT_IN_JOBS or not k.startswith(("SLURM_", "SBATCH_"))}
+
+
+@contextmanager
+def scrubbed_environ() -> Iterator[None]:
+    """Within the block, ``os.environ`` is :func:`submission_env` of itself (submitit runs sbatch with
+    the process environment); the variables come back afterwards."""
+    keep = submission_env(os.environ)
+    removed = {k: v for k, v in os.environ.items() if k not in keep}
+    for k in removed:
+        del os.environ[k]
+    try:
+        yield
+    finally:
+        os.environ.update(removed)
+
+
+def array_part_name(name: str, chunk: range, chunks: int) -> str:
+    """The dry run's name of one array of a stage: the job name, with its task range when split."""
+    if chunks == 1:
+        return name
+    last = chunk.stop - 1
+    return f"{name}[{chunk.start}]" if last == chunk.start else f"{name}[{chunk.start}-{last}]"
 
 
 class StageJob(Checkpointable):
@@ -72,7 +134,7 @@ def executor_parameters(cfg: RunConfig, stage: str, finalize: bool = False) -> d
     params: dict[str, Any] = {
         "job_name": job_name(cfg, stage, finalize),
         "time": res.timeout_min,
-        "mem": f"{int(res.mem_gb * 1024)}MB",
+        "mem": f"{max(1, math.ceil(res.mem_gb * 1024))}MB",  # never 0: sbatch reads --mem=0 as "all of it"
         "cpus_per_task": res.cpus_per_task,
         "nodes": 1 if single else res.nodes,
         "ntasks_per_node": 1 if single else res.tasks,
@@ -122,21 +184,32 @@ def make_executor(cfg: RunConfig, stage: str, finalize: bool = False, dependency
 def render_scripts(cfg: RunConfig, stages: list[str]) -> dict[str, str]:
     """The sbatch scripts submission would produce, by job name (for ``--dry-run``)."""
     scripts: dict[str, str] = {}
-    previous = None
+    previous: list[str] = []
     for stage in stages:
         spec = STAGES[stage]
-        parts = [(False, spec.kind == "array")]
+        # (name, finalize, map_count): one part per array (or the job), then the array stage's finalize
+        parts: list[tuple[str, bool, int | None]] = []
         if spec.kind == "array":
-            parts.append((True, False))
-        for finalize, is_array in parts:
-            dep = f"afterok:<{previous}>" if previous else None
+            chunks = array_chunks(cfg.resources_for(stage).tasks, max_array_size())
+            for chunk in chunks:
+                # submitit sends a one-task map as a plain job
+                parts.append((array_part_name(job_name(cfg, stage), chunk, len(chunks)), False,
+                              len(chunk) if len(chunk) > 1 else None))
+            parts.append((job_name(cfg, stage, True), True, None))
+        else:
+            parts.append((job_name(cfg, stage), False, None))
+        stage_names: list[str] = []
+        for name, finalize, map_count in parts:
+            if finalize:
+                previous = stage_names
+            dep = "afterok:" + ":".join(f"<{p}>" for p in previous) if previous else None
             ex = make_executor(cfg, stage, finalize, dep)
             params = dict(ex.parameters)
-            if is_array:
-                params["map_count"] = cfg.resources_for(stage).tasks
-            name = job_name(cfg, stage, finalize)
+            if map_count:
+                params["map_count"] = map_count
             scripts[name] = _make_sbatch_string(command=ex._submitit_command_str, folder=ex.folder, **params)
-            previous = name
+            stage_names.append(name)
+        previous = [parts[-1][0]]
     return scripts
 
 
@@ -150,6 +223,12 @@ class SlurmPipeline:
         self.state = PipelineState(cfg.run_dir)
 
     def submit(self, stages: list[str]) -> dict[str, list[str]]:
+        """Submit every stage not done yet, each after the previous one; returns the job ids by stage
+        (array stages: the arrays' ids, then the finalize job's)."""
+        with scrubbed_environ():
+            return self._submit(stages)
+
+    def _submit(self, stages: list[str]) -> dict[str, list[str]]:
         ids: dict[str, list[str]] = {}
         dependency: str | None = None
         self.state.record_submission("slurm", stages)
@@ -162,13 +241,18 @@ class SlurmPipeline:
             executor = make_executor(self.cfg, stage, dependency=dependency)
             if spec.kind == "array":
                 n = res.tasks
-                jobs = executor.map_array(
-                    StageJob(stage, self.config_path, self.overrides), list(range(n)), [n] * n
+                array_ids = []
+                for chunk in array_chunks(n, max_array_size()):
+                    # absolute task indices: each array of a split stage knows its share
+                    jobs = executor.map_array(
+                        StageJob(stage, self.config_path, self.overrides), list(chunk), [n] * len(chunk)
+                    )
+                    array_ids.append(jobs[0].job_id.split("_")[0])
+                fin_exec = make_executor(
+                    self.cfg, stage, finalize=True, dependency="afterok:" + ":".join(array_ids)
                 )
-                array_id = jobs[0].job_id.split("_")[0]
-                fin_exec = make_executor(self.cfg, stage, finalize=True, dependency=f"afterok:{array_id}")
                 fin = fin_exec.submit(StageJob(stage, self.config_path, self.overrides, finalize=True))
-                stage_ids = [array_id, fin.job_id]
+                stage_ids = [*array_ids, fin.job_id]
                 dependency = f"afterok:{fin.job_id}"
             else:
                 job = executor.submit(StageJob(stage, self.config_path, self.overrides))

@@ -89,3 +89,22 @@ def test_cli_bad_config_fails_before_submission(tmp_path):
     assert out.returncode == 2
     assert "resources.curate.tasks" in out.stderr and "c.yaml" in out.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(("mem_gb", "rendered"), [(0.0001, "1MB"), (0.5, "512MB"), (2, "2048MB"), (1.0001, "1025MB")])
+def test_mem_never_renders_zero(tmp_path, mem_gb, rendered):
+    cfg = _config(tmp_path)
+    cfg.resources["curate"].mem_gb = mem_gb
+    for script in render_scripts(cfg, ["curate"]).values():
+        assert f"#SBATCH --mem={rendered}\n" in script
+
+
+def test_array_larger_than_max_array_size_renders_several_arrays(tmp_path, monkeypatch):
+    from lmhpc.launch import slurm
+
+    monkeypatch.setattr(slurm, "max_array_size", lambda: 2)
+    scripts = render_scripts(_config(tmp_path), ["curate"])
+    assert list(scripts) == ["t.curate[0-1]", "t.curate[2]", "t.curate.finalize"]
+    assert "#SBATCH --array=0-1%2" in scripts["t.curate[0-1]"]
+    assert "--array" not in scripts["t.curate[2]"]  # a one-task share is a plain job
+    assert "#SBATCH --dependency='afterok:<t.curate[0-1]>:<t.curate[2]>'" in scripts["t.curate.finalize"]
