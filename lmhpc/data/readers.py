@@ -73,8 +73,6 @@ REASONS = (
     HTML_EXTRACTION_FAILED,
 )
 FILE_REASONS = frozenset({CORRUPT, TRUNCATED, UNREADABLE_FILE})  # damage to a file, not one record
-__all__ = ["CORRUPT", "FILE_REASONS", "REASONS", "TRUNCATED", "UNREADABLE_FILE", "InputFile", "detect_format",
-           "read_documents"]
 
 FORMAT_SUFFIXES = {
     "jsonl": (".jsonl", ".json", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst"),

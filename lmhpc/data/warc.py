@@ -14,7 +14,7 @@ that ends inside a member is ``truncated``. A plain WARC cut inside a record is 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from lmhpc.data.documents import Document
@@ -128,7 +128,7 @@ def read_warc(ctx: InputFile) -> Iterator[Document]:
 
 
 def _read_segment(ctx: InputFile, stream: _EventStream, records: Any, start: int, index: int
-                  ) -> Iterator[Document]:
+                  ) -> Generator[Document, None, int]:
     """Read records up to the end of the file or the next damage; returns the next record index. A record
     that the damage cuts off is part of the damaged region, not an entry of its own."""
     while True:
