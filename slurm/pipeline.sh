@@ -4,7 +4,9 @@
 # The stages, their kinds and task counts come from the config (`lmhpc plan CONFIG`): an array stage
 # goes out as `--array=0-<tasks-1>` (several arrays when it has more tasks than the cluster's
 # MaxArraySize, each told its first task in LMHPC_TASK_OFFSET) and a finalize job after all of them, an
-# MPI stage as `--ntasks=<tasks>`, a torch stage as `--ntasks-per-node=<tasks>`. A stage runs
+# MPI stage as `--ntasks=<tasks>`, a torch stage as `--ntasks-per-node=<tasks>`. sbatch options that
+# follow on a plan line (the stage's resources: --time, --mem, --partition...) are passed on, the
+# cluster's (--partition, --account, --qos) to its finalize job too. A stage runs
 # slurm/<stage>.sbatch, or slurm/stage.sbatch when it has no script of its own. sbatch's own
 # SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_QOS set the cluster's defaults; LMHPC_PYTHON the interpreter
 # (default: the checkout's .venv). Prints one "stage job-id" line per job.
@@ -40,12 +42,17 @@ submit() { # name, then sbatch arguments; prints "name id" and leaves the id in 
   echo "$name $last"
 }
 
-while read -r stage kind tasks; do
+while read -r stage kind tasks options; do
   [ -n "$stage" ] || continue
+  read -ra extra <<<"$options"
+  where=()
+  for option in "${extra[@]}"; do
+    case $option in --partition=* | --account=* | --qos=*) where+=("$option") ;; esac
+  done
   if [ -f "$HERE/$stage.sbatch" ]; then
-    script=("$HERE/$stage.sbatch")
+    script=("${extra[@]}" "$HERE/$stage.sbatch")
   else
-    script=(--job-name="lmhpc.$stage" "$HERE/stage.sbatch" "$stage")
+    script=("${extra[@]}" --job-name="lmhpc.$stage" "$HERE/stage.sbatch" "$stage")
   fi
   case $kind in
     array)
@@ -57,7 +64,7 @@ while read -r stage kind tasks; do
         arrays+=("$last")
       done
       dep=(--dependency="afterok:$(IFS=:; echo "${arrays[*]}")")
-      submit "$stage.finalize" "$HERE/finalize.sbatch" "$stage" "$CONFIG" "$@" ;;
+      submit "$stage.finalize" "${where[@]}" "$HERE/finalize.sbatch" "$stage" "$CONFIG" "$@" ;;
     mpi) submit "$stage" --ntasks="$tasks" --export="ALL,LMHPC_STAGE_KIND=mpi" "${script[@]}" "$CONFIG" "$@" ;;
     torch)
       submit "$stage" --ntasks-per-node="$tasks" --export="ALL,LMHPC_STAGE_KIND=torch" "${script[@]}" "$CONFIG" "$@" ;;

@@ -168,6 +168,32 @@ def executor_parameters(cfg: RunConfig, stage: str, finalize: bool = False) -> d
     return params
 
 
+def sbatch_options(cfg: RunConfig, stage: str) -> list[str]:
+    """One stage's resources as sbatch command-line options (which win over a script's own
+    ``#SBATCH`` lines): what slurm/pipeline.sh adds when ``lmhpc plan`` lists them after a stage's
+    ``name kind tasks``, so the plain scripts run with the config's limits as the submitit jobs do."""
+    params = executor_parameters(cfg, stage)
+    opts = {
+        "time": params["time"],
+        "mem": params["mem"],
+        "cpus-per-task": params["cpus_per_task"],
+        "nodes": params["nodes"],
+        "signal": f"USR2@{params['signal_delay_s']}",
+    }
+    if STAGES[stage].kind in ("mpi", "torch"):
+        opts["ntasks-per-node"] = params["ntasks_per_node"]
+    for key in ("gpus_per_node", "partition", "account", "qos", "constraint"):
+        if params.get(key):
+            opts[key.replace("_", "-")] = params[key]
+    out = []
+    for key, value in opts.items():
+        text = str(value)
+        if not text or any(c.isspace() for c in text):
+            raise ValueError(f"resources of stage {stage}: {key}={text!r} cannot be passed as one sbatch option")
+        out.append(f"--{key}={text}")
+    return out
+
+
 def make_executor(cfg: RunConfig, stage: str, finalize: bool = False, dependency: str | None = None):
     folder = cfg.run_dir / "slurm" / stage / "%j"
     res = cfg.resources_for(stage)

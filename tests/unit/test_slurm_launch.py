@@ -334,3 +334,26 @@ def test_stage_task_without_num_tasks_takes_the_configured_tasks(tmp_path, monke
     assert main(["stage", "curate", str(path), "--task", "3"]) == 0
     assert seen == {"name": "curate", "task": 3, "num_tasks": 5}
     assert main(["stage", "curate", str(path), "--task", "5"]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# the stage's resources as sbatch options (for slurm/pipeline.sh)
+
+
+def test_sbatch_options_carry_the_stage_resources(tmp_path):
+    from lmhpc.launch.slurm import sbatch_options
+
+    data = curate_config(tmp_path, tmp_path / "corpus")
+    data["executor"] = {"kind": "slurm", "signal_delay_s": 45, "partition": "debug"}
+    data["resources"] = {
+        "curate": {"tasks": 3, "mem_gb": 0.5, "timeout_min": 7, "cpus_per_task": 2},
+        "dedup": {"tasks": 4, "nodes": 2, "gpus_per_node": 1, "account": "proj"},
+    }
+    cfg = load_config(write_config(tmp_path / "c.yaml", data))
+    assert sbatch_options(cfg, "curate") == [
+        "--time=7", "--mem=512MB", "--cpus-per-task=2", "--nodes=1", "--signal=USR2@45", "--partition=debug",
+    ]
+    assert sbatch_options(cfg, "dedup") == [
+        "--time=60", "--mem=4096MB", "--cpus-per-task=1", "--nodes=2", "--signal=USR2@45", "--ntasks-per-node=4",
+        "--gpus-per-node=1", "--partition=debug", "--account=proj",
+    ]
