@@ -4,5 +4,6 @@ from lmhpc.dedup.config import DedupConfig
 from lmhpc.stages import StageSpec
 
 SPECS = [
-    StageSpec("dedup", "lmhpc.dedup.stage", "mpi", config=DedupConfig, reads=("curate",), order=20),
+    StageSpec("dedup", "lmhpc.dedup.stage", "mpi", config=DedupConfig, reads=("curate",), order=20,
+              preflight="lmhpc.dedup.preflight:preflight"),
 ]

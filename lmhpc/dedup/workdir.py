@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from lmhpc.fsutil import read_json, write_json
+from lmhpc.fsutil import current_umask, read_json, write_json
 
 # document status after signing
 OK = 0  # eligible for MinHash
@@ -102,6 +102,7 @@ class WorkDir:
         final = self.signed_dir(shard)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{shard:05d}-", dir=final.parent))
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; the folder is kept under the final name
         try:
             for name in SignedShard.ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(signed, name))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from types import TracebackType
 from typing import BinaryIO
 
 import numpy as np
+
+from lmhpc.fsutil import temp_file_beside
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -134,8 +135,7 @@ class IndexedDatasetWriter:
         if np.dtype(dtype) not in CODE_OF_DTYPE:
             raise ValueError(f"dtype {dtype} has no Megatron code")
         self.prefix.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.prefix.name}.", suffix=".bin.tmp", dir=self.prefix.parent)
-        self._tmp_bin = Path(tmp)
+        fd, self._tmp_bin = temp_file_beside(bin_path(self.prefix))
         self._bin: BinaryIO | None = os.fdopen(fd, "wb", buffering=1 << 20)
         self._lengths: list[np.ndarray] = []
         self.num_sequences = 0
@@ -231,7 +231,7 @@ def merge(prefixes: Sequence[str | Path], out_prefix: str | Path) -> IndexFile:
     for ix in indexes:
         docs.append(ix.document_indices[1:] + offset)
         offset += ix.num_sequences
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_prefix.name}.", suffix=".bin.tmp", dir=out_prefix.parent)
+    fd, tmp = temp_file_beside(bin_path(out_prefix))
     try:
         with os.fdopen(fd, "wb") as out:
             expected_size = 0
@@ -252,7 +252,7 @@ def merge(prefixes: Sequence[str | Path], out_prefix: str | Path) -> IndexFile:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -74,7 +74,10 @@ def test_array_then_finalize_with_afterok(slurm_cluster, tmp_path):
 
 def test_failing_stage_cancels_its_dependant(slurm_cluster, tmp_path):
     env = slurm_cluster.env
-    cfg = slurm_config(tmp_path, tmp_path / "no-such-corpus", name="bad", tasks=1)
+    corpus = tmp_path / "broken"
+    corpus.mkdir()
+    (corpus / "part-000.jsonl").write_text("{not json\n" * 200)  # readable, but every record is bad
+    cfg = slurm_config(tmp_path, corpus, name="bad", tasks=1)
     lmhpc(env, "run", str(cfg), "--executor", "slurm")
     run_dir = tmp_path / "runs" / "bad"
     array_id, final_id = json.loads((run_dir / "pipeline.json").read_text())["stages"]["curate"]["job_ids"]

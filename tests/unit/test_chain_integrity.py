@@ -201,3 +201,15 @@ def test_failed_stage_keeps_partial_stats(tmp_path):
     assert "max_bad_fraction" in failed["error"]
     assert failed["stats"]["quarantined"] == 4 or failed["stats"].get("stats", {}).get("quarantined")
     assert not (tmp_path / "runs" / "t" / "curate" / "DONE").exists()
+
+
+def test_unreadable_inputs_fail_before_anything_runs(tmp_path, corpus, cfg_path):
+    (corpus / "README.md").write_text("# about this corpus\n")
+    (corpus / "part-009.jsonl.gz").write_bytes(b"plain text, not gzip\n")
+    data = yaml.safe_load(cfg_path.read_text())
+    data["curate"]["inputs"][0]["path"] = str(corpus / "*")
+    write_config(cfg_path, data)
+    out = lmhpc("run", str(cfg_path), check=False)
+    assert out.returncode == 2
+    assert "curate.inputs[0].path" in out.stderr and "README.md" in out.stderr and "part-009.jsonl.gz" in out.stderr
+    assert not (tmp_path / "runs" / "t" / "pipeline.json").exists()
