@@ -26,13 +26,17 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    """One line per stage of the run, in order: ``name kind tasks`` (what slurm/pipeline.sh submits)."""
+    """One line per stage of the run, in order: ``name kind tasks --sbatch-option=value ...`` (what
+    slurm/pipeline.sh submits, with the stage's resources as sbatch options)."""
     cfg = load_config(args.config, args.overrides)
     from lmhpc.pipeline import plan
     from lmhpc.stages import STAGES
 
+    from lmhpc.launch.slurm import sbatch_options
+
     for stage in plan(cfg, _names(args.stages)):
-        print(f"{stage} {STAGES[stage].kind} {cfg.resources_for(stage).tasks}")
+        options = " ".join(sbatch_options(cfg, stage))
+        print(f"{stage} {STAGES[stage].kind} {cfg.resources_for(stage).tasks} {options}".rstrip())
     return 0
 
 
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cancel this run's jobs that are still queued or running, then launch")
     r.set_defaults(func=_run)
 
-    pl = sub.add_parser("plan", help="the stages a run would chain: one 'name kind tasks' line each")
+    pl = sub.add_parser("plan", help="the stages a run would chain: one 'name kind tasks sbatch-options' line each")
     pl.add_argument("config")
     pl.add_argument("overrides", nargs="*")
     pl.add_argument("--stages", default=None, help="comma-separated subset of stages")

@@ -464,8 +464,8 @@ def validate(cfg: RunConfig) -> None:
             res.validate_at(f"resources.{stage}")
             for key in ("partition", "account", "qos", "constraint"):
                 v = getattr(res, key)
-                if v is not None and any(c in v for c in "\n\r\0"):
-                    raise ConfigError(f"resources.{stage}.{key}", "must not contain a newline or NUL")
+                if v is not None and (not v or any(c.isspace() or c == "\0" for c in v)):
+                    raise ConfigError(f"resources.{stage}.{key}", f"{v!r}: must be one word (no whitespace or NUL)")
         if cfg.executor.kind == "slurm":
             for stage in cfg.run.stages:
                 limit_s = cfg.resources_for(stage).timeout_min * 60

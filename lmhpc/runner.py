@@ -277,7 +277,7 @@ def run_stage(
             if rank == 0:
                 complete_stage(ctx, stats or {}, started)
     except Preempted as e:
-        log.warning("stage %s preempted (%s); state saved, exiting for requeue", stage, e)
+        log.warning("stage %s preempted (%s); state saved", stage, e)
         code = requeue_or_exit(stage, str(e), cfg.resources_for(stage).max_requeues)
     except StageChanged as e:
         log.error("%s", e)
