@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Batch entry point of the dedup stage: `python jobs/dedup.py CONFIG [key.sub=value ...]`.
 
-Array stages also take ``--task I`` (``--num-tasks N`` defaults to the config's ``resources.<stage>.tasks``) and ``--finalize``.
+Array stages also take ``--task I`` (``--num-tasks N`` defaults to the config's
+``resources.<stage>.tasks``) and ``--finalize``.
 
 Runs the stage in this process (or this allocation's ranks); what every dedup job runs.
 """

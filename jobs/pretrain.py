@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Batch entry point of the pretrain stage: `python jobs/pretrain.py CONFIG [key.sub=value ...]`.
 
-Array stages also take ``--task I`` (``--num-tasks N`` defaults to the config's ``resources.<stage>.tasks``) and ``--finalize``.
+Array stages also take ``--task I`` (``--num-tasks N`` defaults to the config's
+``resources.<stage>.tasks``) and ``--finalize``.
 
 Runs the stage in this process (or this allocation's ranks); what every pretrain job runs.
 """

@@ -29,10 +29,9 @@ def _plan(args: argparse.Namespace) -> int:
     """One line per stage of the run, in order: ``name kind tasks --sbatch-option=value ...`` (what
     slurm/pipeline.sh submits, with the stage's resources as sbatch options)."""
     cfg = load_config(args.config, args.overrides)
+    from lmhpc.launch.slurm import sbatch_options
     from lmhpc.pipeline import plan
     from lmhpc.stages import STAGES
-
-    from lmhpc.launch.slurm import sbatch_options
 
     for stage in plan(cfg, _names(args.stages)):
         options = " ".join(sbatch_options(cfg, stage))
