@@ -89,6 +89,9 @@ CURATE_TOOLS = {
     "ngram-lm": "lmhpc.curate.ngram_lm",
 }
 
+# ``lmhpc NAME ...`` commands with arguments of their own: module whose ``main(argv) -> int`` runs it, and help
+TOOLS: dict[str, tuple[str, str]] = {}
+
 
 def _curate_tool(argv: list[str]) -> int:
     """``lmhpc curate TOOL ...``: the curate stage's tools, each with its own arguments."""
@@ -98,6 +101,12 @@ def _curate_tool(argv: list[str]) -> int:
         print(f"usage: lmhpc curate {{{','.join(CURATE_TOOLS)}}} ... (--help for each)", file=sys.stderr)
         return 2
     return importlib.import_module(CURATE_TOOLS[argv[0]]).main(argv[1:])
+
+
+def _tool(name: str, argv: list[str]) -> int:
+    import importlib
+
+    return importlib.import_module(TOOLS[name][0]).main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("curate", help=f"curate tools: {', '.join(CURATE_TOOLS)} (e.g. lmhpc curate rethreshold --help)",
                    add_help=False)
+    for name, (_, help_text) in TOOLS.items():
+        sub.add_parser(name, help=f"{help_text} (lmhpc {name} --help)", add_help=False)
     return p
 
 
@@ -154,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["curate"]:
         return _curate_tool(argv[1:])
+    if argv[:1] and argv[0] in TOOLS:
+        try:
+            return _tool(argv[0], argv[1:])
+        except ConfigError as e:
+            print(f"lmhpc: {e}", file=sys.stderr)
+            return 2
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may come after options too: `lmhpc run c.yaml --executor slurm a.b=1`

@@ -1,0 +1,1 @@
+"""Model exchange: consolidated checkpoints, Hugging Face and GGUF export and import, tokenizers."""
