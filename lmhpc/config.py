@@ -295,6 +295,8 @@ def build_root(data: dict[str, Any], file: str | None = None) -> RunConfig:
 def build(cls: type, data: dict[str, Any], prefix: str = "", file: str | None = None,
           extra_known: list[str] | None = None) -> Any:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+    if cls is RunConfig and extra_known is None:
+        return build_root(data, file)  # stage sections come from the registry
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}

@@ -154,10 +154,10 @@ def launch(cfg: RunConfig, config_path: str, overrides: list[str], stages: list[
            restart: list[str] | None = None, cancel: bool = False) -> int:
     """Run (local) or submit (slurm) the chain. Dry runs print the sbatch scripts and submit nothing.
 
-    Before anything runs: the inputs are checked (each stage's preflight), jobs of this run still queued are
+    Before anything runs (dry runs only print, on a machine that may not see the data): the inputs are checked
+    (each stage's preflight), jobs of this run still queued are
     refused (or cancelled with ``cancel``), the stages to restart are removed, and the resolved config is
     frozen into ``<run>/config.yaml``, which every job then loads."""
-    preflight(cfg, stages)
     if dry_run:
         if cfg.executor.kind == "slurm":
             from lmhpc.launch.slurm import render_scripts
@@ -171,6 +171,7 @@ def launch(cfg: RunConfig, config_path: str, overrides: list[str], stages: list[
         for stage in stages:
             print(f"{stage}: {' '.join(stage_command(cfg, stage, str(cfg.run_dir / SNAPSHOT_FILE), []))}")
         return 0
+    preflight(cfg, stages)
     guard_concurrent(cfg, cancel)
     if restart:
         removed = restart_stages(cfg, restart)

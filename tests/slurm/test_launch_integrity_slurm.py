@@ -4,9 +4,6 @@ still queued is refused (or cancels them with --cancel)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,33 +11,14 @@ import yaml
 
 from tests.conftest import write_config
 from tests.helpers import curate_config, write_jsonl_corpus
+from tests.slurm.test_pipeline_slurm import lmhpc, wait_status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
-REPO = Path(__file__).resolve().parents[2]
-
-
-def lmhpc(env, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "lmhpc", *args], capture_output=True, text=True, env=env, cwd=REPO,
-                         timeout=180)
-    if check:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
 
 
 def job_ids(run_dir: Path) -> list[str]:
     stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
     return [j for s in stages.values() for j in s.get("job_ids", [])]
-
-
-def wait_done(env, run_dir: Path, timeout: float = 300) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    rows: list[dict] = []
-    while time.monotonic() < deadline:
-        rows = json.loads(lmhpc(env, "status", str(run_dir), "--json").stdout)
-        if all(r["state"] in ("done", "failed", "cancelled") for r in rows):
-            return rows
-        time.sleep(1)
-    raise AssertionError(f"{run_dir} not finished after {timeout}s: {rows}")
 
 
 @pytest.fixture
@@ -68,7 +46,7 @@ def test_jobs_run_the_config_frozen_at_launch(slurm_cluster, tmp_path, two_stage
     data["curate"]["shard_max_mb"] = 1.0
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     slurm_cluster.run("scontrol", "release", ",".join(ids), check=False)
-    rows = wait_done(env, run_dir)
+    rows = wait_status(env, run_dir, timeout=300)
     assert [r["state"] for r in rows] == ["done", "done"], rows
     for stage, key, launched in (("dedup", ("minhash", "threshold"), 0.8), ("curate", ("shard_max_mb",), 64.0)):
         saved = json.loads((run_dir / stage / "config.json").read_text())[stage]
@@ -92,6 +70,6 @@ def test_second_launch_refused_while_jobs_are_queued(slurm_cluster, tmp_path, tw
     assert "cancelling" in replaced.stdout
     second = job_ids(run_dir)
     assert set(second).isdisjoint(first)
-    rows = wait_done(env, run_dir)
+    rows = wait_status(env, run_dir, timeout=300)
     assert [r["state"] for r in rows] == ["done", "done"], rows
     assert {r.state for r in slurm_cluster.sacct(first[0])} == {"CANCELLED"}

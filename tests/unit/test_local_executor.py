@@ -36,7 +36,10 @@ def test_run_with_tasks_matches_one_task_and_status(tmp_path):
 
 
 def test_failed_stage_reports_failed(tmp_path):
-    cfg = write_config(tmp_path / "c.yaml", curate_config(tmp_path, tmp_path / "empty"))
+    corpus = tmp_path / "broken"
+    corpus.mkdir()
+    (corpus / "part-000.jsonl").write_text("{not json\n" * 200)  # readable, but every record is bad
+    cfg = write_config(tmp_path / "c.yaml", curate_config(tmp_path, corpus))
     out = lmhpc("run", str(cfg), check=False)
     assert out.returncode != 0
     assert "FAILED" in out.stdout

@@ -100,7 +100,8 @@ def test_a_new_stage_is_one_package(tmp_path):
 
     plan = lmhpc("plan", str(path))
     assert plan.returncode == 0, plan.stderr
-    assert plan.stdout.split("\n")[:2] == ["curate array 1", "wordcount single 1"]
+    assert [line.split()[:3] for line in plan.stdout.splitlines()] == [["curate", "array", "1"],
+                                                                       ["wordcount", "single", "1"]]
     bad = lmhpc("run", str(path), "wordcount.min_length=0")
     assert bad.returncode == 2 and "wordcount.min_length" in bad.stderr
     out = lmhpc("run", str(path))
