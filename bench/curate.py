@@ -44,7 +44,6 @@ import yaml  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lmhpc.curate.config import InputSpec  # noqa: E402
 from lmhpc.curate.filters.base import result_reason  # noqa: E402
 from lmhpc.curate.filters.c4 import C4QualityFilter  # noqa: E402
 from lmhpc.curate.filters.config import FiltersConfig  # noqa: E402
@@ -52,6 +51,7 @@ from lmhpc.curate.filters.fineweb import FineWebQualityFilter  # noqa: E402
 from lmhpc.curate.filters.gopher import GopherQualityFilter, GopherRepetitionFilter  # noqa: E402
 from lmhpc.curate.filters.text import TextView, split_words  # noqa: E402
 from lmhpc.data.documents import Document  # noqa: E402
+from lmhpc.data.inputs import InputSpec  # noqa: E402
 from lmhpc.data.quarantine import Quarantine  # noqa: E402
 from lmhpc.data.readers import read_documents  # noqa: E402
 

@@ -62,7 +62,7 @@ def load_sample(sample: Path, max_docs: int | None) -> list[Document]:
     """Every readable document of the sample corpus (bad records are skipped), in file order."""
     import tempfile
 
-    from lmhpc.curate.config import InputSpec
+    from lmhpc.data.inputs import InputSpec
     from lmhpc.data.quarantine import Quarantine
     from lmhpc.data.readers import read_documents
 

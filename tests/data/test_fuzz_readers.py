@@ -14,8 +14,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmhpc.curate.config import InputSpec
 from lmhpc.data.documents import Document
+from lmhpc.data.inputs import InputSpec
 from lmhpc.data.quarantine import Quarantine, read_quarantine
 from lmhpc.data.readers import FILE_REASONS, REASONS, read_documents
 

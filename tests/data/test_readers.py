@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import zstandard
 
-from lmhpc.curate.config import InputSpec
 from lmhpc.data.documents import Document
+from lmhpc.data.inputs import InputSpec
 from lmhpc.data.quarantine import OVERSIZED_PREFIX_BYTES, Quarantine, decode_raw, read_quarantine
 from lmhpc.data.readers import FILE_REASONS, REASONS, detect_format, read_documents
 

@@ -18,8 +18,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmhpc.curate.config import InputSpec
 from lmhpc.data.documents import Document
+from lmhpc.data.inputs import InputSpec
 from lmhpc.data.quarantine import Quarantine, read_quarantine
 from lmhpc.data.readers import CORRUPT, FILE_REASONS, TRUNCATED, UNREADABLE_FILE, read_documents
 
