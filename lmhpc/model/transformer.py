@@ -8,6 +8,10 @@ without touching the math: layers live in a ``ModuleDict`` keyed by their global
 stage deletes the layers it does not own, keeping parameter names global), and each attention
 module calls ``self.attend(q, k, v, positions)``, which context parallelism replaces.
 
+Incremental decoding passes an :class:`~lmhpc.model.cache.InferenceCache`: each call then takes the next
+tokens only, reads and extends the cached keys/values (and Mamba states), and rotates each row's tokens by
+that row's own positions (rows may be left-padded). Without a cache the forward is the training one.
+
 μP (``mup_base_dim > 0``): hidden matrices are initialised with std ∝ 1/sqrt(width multiplier),
 the logits are multiplied by 1/width multiplier, and ``lmhpc.train.optim`` divides the Adam
 learning rate of hidden matrices by the width multiplier. Width is meant to grow through the
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmhpc.model.args import ModelArgs
+from lmhpc.model.cache import InferenceCache, mamba_cached
 from lmhpc.model.mamba import MambaMixer
 from lmhpc.model.moe import MoE
 
@@ -51,9 +56,12 @@ def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Te
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of channels of ``x`` (B, T, H, D) by the angles of its positions (T, D/2)."""
+    """Rotate pairs of channels of ``x`` (B, T, H, D) by the angles of its positions: (T, D/2), or (B, T, D/2)
+    when each row has positions of its own."""
     x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.dim() == 2:
+        cos, sin = cos[None], sin[None]
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     return rotated.type_as(x)
 
@@ -77,16 +85,20 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * self.head_dim, args.dim, bias=False)
         self.attend = causal_attention  # replaced by context parallelism
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                positions: torch.Tensor | None) -> torch.Tensor:
-        """``cos``/``sin``: the whole rotary tables; ``positions``: global positions of the local tokens."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None,
+                cache: InferenceCache | None = None, layer_id: int = 0) -> torch.Tensor:
+        """``cos``/``sin``: the whole rotary tables; ``positions``: global positions of the local tokens (T,),
+        or of each row's tokens (B, T) with a ``cache`` (which holds layer ``layer_id``'s keys and values)."""
         q, k, v = self.wq(x), self.wk(x), self.wv(x)
         bsz, seqlen = q.shape[:2]  # after the projection: under sequence parallel x is sharded
         cos, sin = (cos[:seqlen], sin[:seqlen]) if positions is None else (cos[positions], sin[positions])
         q = apply_rope(q.view(bsz, seqlen, -1, self.head_dim), cos, sin)
         k = apply_rope(k.view(bsz, seqlen, -1, self.head_dim), cos, sin)
         v = v.view(bsz, seqlen, -1, self.head_dim)
-        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), positions)
+        if cache is not None:
+            out = cache.attend(layer_id, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        else:
+            out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), positions)
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
@@ -122,9 +134,13 @@ class TransformerBlock(nn.Module):
             self.feed_forward: nn.Module = FeedForward(args.dim, args.hidden_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor | None,
-                token_ids: torch.Tensor | None) -> torch.Tensor:
+                token_ids: torch.Tensor | None, cache: InferenceCache | None = None) -> torch.Tensor:
         if self.kind == "attention":
-            h = x + self.attention(self.mixer_norm(x), cos, sin, positions)
+            # the cache goes by keyword: tensor parallelism's input hooks know the four positional inputs only
+            extra = {} if cache is None else {"cache": cache, "layer_id": self.layer_id}
+            h = x + self.attention(self.mixer_norm(x), cos, sin, positions, **extra)
+        elif cache is not None:
+            h = x + mamba_cached(self.mamba, self.mixer_norm(x), cache.mamba_state(self.layer_id), cache.token_mask)
         else:
             h = x + self.mamba(self.mixer_norm(x))
         if hasattr(self, "moe"):
@@ -177,14 +193,29 @@ class Transformer(nn.Module):
             self.norm.reset_parameters()
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                token_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_ids: torch.Tensor | None = None, cache: InferenceCache | None = None,
+                token_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """``tokens``: ids (B, T), or hidden states (B, T, dim) in a later pipeline stage.
-        ``positions``: global position of each local token (T,), when the sequence is split."""
+        ``positions``: global position of each local token (T,), when the sequence is split.
+        With a ``cache``: ``tokens`` continue the sequences it holds; ``token_mask`` (B, T) marks real tokens
+        (false: padding, which no real token attends to); positions come from the cache.
+        ``last_only``: logits of the last position only (B, 1, vocab)."""
         h = self.tok_embeddings(tokens) if self.tok_embeddings is not None else tokens
         if token_ids is None and self.tok_embeddings is not None:
             token_ids = tokens
+        if cache is not None:
+            if positions is not None:
+                raise ValueError("positions come from the cache when one is given")
+            positions = cache.begin(h.shape[1], token_mask)
+        elif token_mask is not None:
+            raise ValueError("token_mask needs a cache")
+        extra = {} if cache is None else {"cache": cache}
         for layer in self.layers.values():
-            h = layer(h, self.rope_cos, self.rope_sin, positions, token_ids)
+            h = layer(h, self.rope_cos, self.rope_sin, positions, token_ids, **extra)
+        if cache is not None:
+            cache.end(h.shape[1])
+        if last_only:
+            h = h[:, -1:]
         if self.norm is not None:
             h = self.norm(h)
         if self.output is not None:
