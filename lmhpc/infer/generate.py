@@ -179,8 +179,15 @@ class _Row:
         self.finish: Literal["eos", "stop", "length"] | None = None
         self.checked = 0  # text length already searched for stop strings
 
+    def text(self, tokenizer: TextTokenizer, tokens: list[int]) -> str:
+        """The text ``tokens`` add after the prompt. Decoded after the prompt's last tokens, so that a leading
+        space (sentencepiece's "▁" drops when a text starts with it) is kept."""
+        tail = self.prompt[-4:]
+        before, text = tokenizer.decode(tail), tokenizer.decode(tail + tokens)
+        return text[len(before):] if text.startswith(before) else tokenizer.decode(tokens)
+
     def hits_stop(self, tokenizer: TextTokenizer, stop: tuple[str, ...]) -> bool:
-        text = tokenizer.decode(self.tokens)
+        text = self.text(tokenizer, self.tokens)
         # a stop string may end in the new text while starting in the old
         hit = find_stop(text, stop, max(0, self.checked - max(len(s) for s in stop) + 1))
         self.checked = len(text)
@@ -188,7 +195,7 @@ class _Row:
 
     def completion(self, tokenizer: TextTokenizer, stop: tuple[str, ...], want_logprobs: bool) -> Completion:
         body = self.tokens[:-1] if self.finish == "eos" else self.tokens
-        text = tokenizer.decode(body)
+        text = self.text(tokenizer, body)
         if self.finish == "stop":
             text = text[:find_stop(text, stop)]
         return Completion(self.prompt, self.tokens, text, self.finish or "length",
