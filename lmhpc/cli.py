@@ -91,6 +91,7 @@ CURATE_TOOLS = {
 
 # ``lmhpc NAME ...`` commands with arguments of their own: module whose ``main(argv) -> int`` runs it, and help
 TOOLS: dict[str, tuple[str, str]] = {}
+TOOLS["generate"] = ("lmhpc.infer.cli", "generate text with a model")
 
 
 def _curate_tool(argv: list[str]) -> int:

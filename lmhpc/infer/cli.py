@@ -1,0 +1,75 @@
+"""``lmhpc generate MODEL --prompt TEXT``: complete prompts with a model, for a person at a terminal.
+
+MODEL is anything :func:`lmhpc.exchange.load_model` reads (a pretrain stage folder, a checkpoint step, a
+consolidated or Hugging Face folder, a .gguf file). Without ``--prompt`` the prompt is read from stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lmhpc generate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model folder or .gguf file")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompt text (repeat for a batch; default: read one prompt from stdin)")
+    p.add_argument("--chat", action="store_true",
+                   help="each prompt is a user message, rendered with the tokenizer's chat template")
+    p.add_argument("--system", default=None, help="with --chat: a system message before each prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--top-k", type=int, default=0, help="0: no top-k filtering")
+    p.add_argument("--top-p", type=float, default=1.0, help="1: no nucleus filtering")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the sampling (same seed, same text)")
+    p.add_argument("--bos", action="store_true", help="begin each prompt with the tokenizer's BOS token")
+    p.add_argument("--tokenizer", default=None, help="take the tokenizer from this folder or file")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per completion (text, token ids, finish reason, log-probs)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model, generate, print the completions; 0 on success, 2 on a bad argument or model."""
+    args = build_parser().parse_args(argv)
+    prompts = args.prompt if args.prompt is not None else [sys.stdin.read()]
+    import torch
+
+    from lmhpc.exchange import load_model
+    from lmhpc.infer.generate import Generator
+
+    try:
+        loaded = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype),
+                            tokenizer=args.tokenizer)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"lmhpc generate: {e}", file=sys.stderr)
+        return 2
+    if args.chat and args.system is not None:
+        prompts = [[{"role": "system", "content": args.system}, {"role": "user", "content": p}] for p in prompts]
+    generator = Generator(loaded.model, loaded.tokenizer)
+    try:
+        completions = generator.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                         top_k=args.top_k, top_p=args.top_p,
+                                         repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
+                                         chat=args.chat, add_bos=args.bos, logprobs=args.json)
+    except ValueError as e:
+        print(f"lmhpc generate: {e}", file=sys.stderr)
+        return 2
+    for i, c in enumerate(completions):
+        if args.json:
+            print(json.dumps({"prompt": i, "text": c.text, "finish_reason": c.finish_reason,
+                              "token_ids": c.token_ids, "logprobs": c.logprobs}))
+        else:
+            if len(completions) > 1:
+                print(f"--- {i} ({c.finish_reason})")
+            print(c.text)
+    return 0
