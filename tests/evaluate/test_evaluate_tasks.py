@@ -9,22 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from lmhpc.evaluate.harness_tasks import HARNESS_CONFIGS, harness_config, harness_doc
 from lmhpc.evaluate.tasks import TASKS, BadTaskItem, file_item, mc_item, read_task_file
-
-HARNESS_CONFIGS = {
-    "hellaswag": "hellaswag/hellaswag.yaml", "arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml",
-    "piqa": "piqa/piqa.yaml", "openbookqa": "openbookqa/openbookqa.yaml", "sciq": "sciq/sciq.yaml",
-    "winogrande": "winogrande/default.yaml", "copa": "super_glue/copa/default.yaml",
-    "boolq": "super_glue/boolq/default.yaml", "commonsense_qa": "commonsense_qa/default.yaml",
-}
 
 
 def harness_task(name: str, docs_file: Path):
-    import lm_eval
     from lm_eval.api.task import ConfigurableTask
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    cfg = load_yaml(Path(lm_eval.__file__).parent / "tasks" / HARNESS_CONFIGS[name])
+    cfg = load_yaml(harness_config(name))
     cfg.pop("tag", None)
     cfg.update(dataset_path="json", dataset_name=None, training_split=None, test_split=None,
                validation_split="validation", dataset_kwargs={"data_files": {"validation": str(docs_file)}})
@@ -41,12 +34,7 @@ def test_requests_match_the_harness(name, data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     task = TASKS[name]
     docs = task.items(data_dir)[:12]
-    harness_docs = []
-    for doc in docs:
-        doc = dict(doc)
-        if name == "boolq":  # the harness reads SuperGLUE's integer label; this copy has the boolean answer
-            doc["label"] = int(str(doc["answer"]).lower() == "true")
-        harness_docs.append(doc)
+    harness_docs = [harness_doc(name, d) for d in docs]
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(d) + "\n" for d in harness_docs))
     harness = harness_task(name, path)
