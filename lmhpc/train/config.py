@@ -149,6 +149,8 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    # a model to start from (consolidated folder, checkpoint, Hugging Face folder, .gguf) instead of a random init
+    init_from: str = ""
 
     # keys that do not change the loss curve: a preempted run may resume with another parallel layout
     # (checkpoints reshard on load), checkpoint cadence or logging
@@ -225,6 +227,8 @@ class PretrainConfig:
             fail("data.weights", f"{len(self.data.weights)} weights for {len(self.data.prefixes)} prefixes")
         if any(w <= 0 for w in self.data.weights):
             fail("data.weights", "weights must be > 0")
+        if self.init_from and not root.path(self.init_from).exists():
+            fail("init_from", f"{root.path(self.init_from)} does not exist")
         # precision
         if t.fp8 and t.fp8_emulate and t.compile:
             fail("train.fp8_emulate", "emulated float8 does not work with train.compile")

@@ -25,6 +25,8 @@ import torch.distributed as dist
 
 from lmhpc.context import StageContext
 from lmhpc.data.blend import BLEND_FILE, read_blend
+from lmhpc.exchange.initialise import initialise_from
+from lmhpc.exchange.weights import args_to_dict
 from lmhpc.launch.preempt import Preempted
 from lmhpc.model.transformer import ModelArgs, Transformer, count_params, flops_per_token
 from lmhpc.train.checkpoint import CheckpointManager, latest_step
@@ -73,14 +75,17 @@ def resolve_data(ctx: StageContext, cfg: PretrainConfig) -> tuple[list[str], lis
     return read_blend(ctx.inputs["tokenize"] / BLEND_FILE)
 
 
+def tokenizer_path(ctx: StageContext, cfg: PretrainConfig) -> Path:
+    """The sentencepiece model the data was tokenized with."""
+    return ctx.cfg.path(cfg.data.tokenizer) if cfg.data.tokenizer else ctx.inputs["tokenizer"] / "tokenizer.model"
+
+
 def resolve_vocab(ctx: StageContext, cfg: PretrainConfig, data_eod: int | None) -> tuple[int, int]:
     """(vocabulary size padded to ``train.vocab_multiple_of``, end-of-document id)."""
     vocab = cfg.model.vocab_size
     eod = cfg.data.eod_id if cfg.data.eod_id >= 0 else (data_eod if data_eod is not None else -1)
     if not vocab or eod < 0:
-        path = ctx.cfg.path(cfg.data.tokenizer) if cfg.data.tokenizer else \
-            ctx.inputs["tokenizer"] / "tokenizer.model"
-        sp_vocab, sp_eod = tokenizer_vocab(path)
+        sp_vocab, sp_eod = tokenizer_vocab(tokenizer_path(ctx, cfg))
         vocab = vocab or sp_vocab
         eod = eod if eod >= 0 else sp_eod
     multiple = cfg.train.vocab_multiple_of
@@ -129,6 +134,8 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
 
     torch.manual_seed(seed)
     model = Transformer(args)  # whole model, same init on every rank, whatever the layout
+    if cfg.init_from:  # a checkpoint to resume from replaces these weights below
+        initialise_from(model, ctx.cfg.path(cfg.init_from))
     n_params = count_params(model)
     fpt = flops_per_token(args, cfg.train.seq_len)
     if dims.size("pp") > 1:
@@ -159,8 +166,10 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     last_saved = step if resume[0] is not None else -1
 
     def train_state() -> dict[str, Any]:
+        # the model's shape and tokenizer travel with each checkpoint (lmhpc.exchange reads them)
         return {"step": step, "data_step": data_step, "spike_guard": trainer.guard.state(),
-                "world_size": world, "seed": seed, "global_batch": global_batch}
+                "world_size": world, "seed": seed, "global_batch": global_batch,
+                "model_args": args_to_dict(args), "tokenizer": str(tokenizer_path(ctx, cfg))}
 
     metrics_file = MetricsFile(ctx.stage_dir / METRICS_FILE, step) if rank == 0 else None
     peak = device_peak_flops(device, cfg.metrics.peak_tflops)
