@@ -34,8 +34,8 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def sp_tokenizer(tmp_path_factory) -> Path:
-    """A folder as the tokenizer stage leaves it: ``tokenizer.model`` (BPE, byte fallback, identity
-    normalisation, chat markers as user tokens) with its Hugging Face files."""
+    """A folder as the tokenizer stage leaves it: ``tokenizer.model`` (BPE, byte fallback, identity normalisation,
+    chat markers as user tokens; 790 pieces, which models pad to 800) with its Hugging Face files."""
     import sentencepiece as spm
 
     from lmhpc.tokenizer.config import TokenizerConfig
@@ -43,7 +43,7 @@ def sp_tokenizer(tmp_path_factory) -> Path:
     from lmhpc.tokenizer.training import trainer_options
 
     folder = tmp_path_factory.mktemp("tokenizer")
-    cfg = TokenizerConfig(vocab_size=800, character_coverage=0.98, user_tokens=["<|im_start|>", "<|im_end|>"])
+    cfg = TokenizerConfig(vocab_size=790, character_coverage=0.98, user_tokens=["<|im_start|>", "<|im_end|>"])
     spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus()), model_prefix=str(folder / "tokenizer"),
                                    **trainer_options(cfg, cfg.vocab_size, num_threads=1))
     write_hf_tokenizer(folder / "tokenizer.model", folder)
