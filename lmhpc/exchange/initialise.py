@@ -21,7 +21,7 @@ def shape_of(args: ModelArgs) -> dict[str, object]:
     shape: dict[str, object] = {
         "vocab_size": args.vocab_size, "dim": args.dim, "n_layers": args.n_layers, "n_heads": args.n_heads,
         "n_kv_heads": args.kv_heads, "ffn_hidden": args.hidden_dim, "tie_embeddings": args.tie_embeddings,
-        "layer_pattern": args.layer_pattern * (args.n_layers // len(args.layer_pattern) + 1)[:args.n_layers],
+        "layer_pattern": "".join(args.layer_pattern[i % len(args.layer_pattern)] for i in range(args.n_layers)),
         "moe.num_experts": args.moe.num_experts,
     }
     if args.moe.num_experts:
