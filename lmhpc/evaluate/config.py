@@ -79,7 +79,7 @@ class EvaluateConfig:
     perplexity: PerplexityConfig = field(default_factory=PerplexityConfig)
     harness: HarnessConfig = field(default_factory=HarnessConfig)
     too_long: Literal["skip", "error"] = "skip"  # an item longer than the model's context: counted skip, or fail
-    batch_tokens: int = 8192  # tokens per forward pass (padded rows × length)
+    batch_tokens: int = 2048  # tokens per forward pass (padded rows × length): rows of like lengths, little padding
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
     threads: int = 0  # torch intra-op threads on CPU; 0: the stage's cpus_per_task

@@ -35,7 +35,7 @@ class LMHarnessModel(TemplateLM):
     """Our model and tokenizer as an lm-evaluation-harness model (one process)."""
 
     def __init__(self, model: nn.Module, tokenizer: TextTokenizer, device: torch.device, max_length: int,
-                 batch_tokens: int = 8192) -> None:
+                 batch_tokens: int = 2048) -> None:
         super().__init__()
         self.model = model
         self.text_tokenizer = tokenizer

@@ -39,8 +39,7 @@ def write_local_tasks(names: list[str], data_dir: Path, limit: int, folder: Path
     """Task YAMLs (and their data) in ``folder`` for ``names``; returns the task names to run."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
-        docs = TASKS[name].items(data_dir)
-        docs = docs[:limit] if limit else docs
+        docs = TASKS[name].items(data_dir, limit)
         data = folder / f"{name}.jsonl"
         data.write_text("".join(json.dumps(harness_doc(name, d)) + "\n" for d in docs), encoding="utf-8")
         override = {"include": str(harness_config(name)), "task": name, "dataset_path": "json",

@@ -38,7 +38,7 @@ class ScoreCounters:
 class Scorer:
     """Scores requests with one model; ``max_len``: the model's context (positions)."""
 
-    def __init__(self, model: nn.Module, device: torch.device, max_len: int, batch_tokens: int = 8192) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, max_len: int, batch_tokens: int = 2048) -> None:
         self.model = model
         self.device = device
         self.max_len = max_len

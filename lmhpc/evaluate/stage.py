@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,13 +69,13 @@ def pick_device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def task_items(cfg: EvaluateConfig, data_dir: Path | None, resolve: Any) -> dict[str, list[MCItem | BadTaskItem]]:
+def task_items(cfg: EvaluateConfig, data_dir: Path | None, resolve: Callable[[str], Path]
+               ) -> dict[str, list[MCItem | BadTaskItem]]:
     """Every task's items (the first ``limit`` documents), built once for all models."""
     out: dict[str, list[MCItem | BadTaskItem]] = {}
     for name in cfg.tasks:
         task = TASKS[name]
-        docs = task.items(data_dir)
-        out[name] = [_item(task.to_item, d) for d in (docs[:cfg.limit] if cfg.limit else docs)]
+        out[name] = [_item(task.to_item, d) for d in task.items(data_dir, cfg.limit)]
     for tf in cfg.task_files:
         lines = read_task_file(resolve(tf.path))
         lines = lines[:cfg.limit] if cfg.limit else lines
@@ -91,25 +92,27 @@ def _item(build: Any, doc: dict[str, Any], *args: Any) -> MCItem | BadTaskItem:
         return BadTaskItem(f"bad item: {type(e).__name__}: {e}")
 
 
-def perplexity_documents(ctx: StageContext, cfg: EvaluateConfig, tokenizer: TextTokenizer, data_dir: Path | None,
-                         quarantine: Quarantine) -> dict[str, list[Document]]:
+def perplexity_documents(cfg: EvaluateConfig, tokenizer: TextTokenizer, data_dir: Path | None,
+                         quarantine: Quarantine, resolve: Callable[[str], Path]) -> dict[str, list[Document]]:
     """The perplexity sets for one tokenizer: each text set, each prefix, LAMBADA."""
     p = cfg.perplexity
     sets: dict[str, list[Document]] = {}
     for text_set in p.texts:
-        docs = text_set_documents(text_set, ctx.cfg.path, tokenizer, quarantine, p)
+        docs = text_set_documents(text_set, resolve, tokenizer, quarantine, p)
         sets[text_set.source or Path(text_set.path).parent.name or "texts"] = docs
     for prefix in p.prefixes:
-        path = ctx.cfg.path(prefix)
+        path = resolve(prefix)
         sets[path.name] = prefix_documents(path, tokenizer, p)
     if p.lambada:
         sets["lambada"] = lambada_documents(data_dir, tokenizer, p.lambada, p)
     return sets
 
 
-def evaluate_model(ctx: StageContext, cfg: EvaluateConfig, ref: ModelRef, items: dict[str, list],
-                   data_dir: Path | None, quarantine: Quarantine, device: torch.device) -> dict[str, Any]:
-    """One row of the table: the model's perplexity per set and source, its task scores, harness scores."""
+def evaluate_model(cfg: EvaluateConfig, ref: ModelRef, items: dict[str, list], data_dir: Path | None,
+                   quarantine: Quarantine, device: torch.device, resolve: Callable[[str], Path],
+                   work_dir: Path) -> dict[str, Any]:
+    """One row of the table: the model's perplexity per set and source, its task scores, harness scores.
+    ``resolve`` turns config paths into files; the harness keeps its dataset cache in ``work_dir``."""
     from lmhpc.exchange import load_model
 
     dtype = getattr(torch, cfg.dtype)
@@ -127,7 +130,7 @@ def evaluate_model(ctx: StageContext, cfg: EvaluateConfig, ref: ModelRef, items:
                            "vocab_size": tokenizer.vocab_size, "load_seconds": round(load_s, 3),
                            "perplexity": {}, "tasks": {}}
     window = min(cfg.perplexity.window or max_len, max_len)
-    for set_name, docs in perplexity_documents(ctx, cfg, tokenizer, data_dir, quarantine).items():
+    for set_name, docs in perplexity_documents(cfg, tokenizer, data_dir, quarantine, resolve).items():
         t0 = time.perf_counter()
         tallies, skipped = score_documents(scorer, docs, prefix_token, window)
         total = tallies.get("all")
@@ -155,10 +158,20 @@ def evaluate_model(ctx: StageContext, cfg: EvaluateConfig, ref: ModelRef, items:
         from lmhpc.evaluate.harness import LMHarnessModel, run_harness
 
         adapter = LMHarnessModel(model, tokenizer, device, max_len, cfg.batch_tokens)
-        row["harness"] = run_harness(adapter, cfg.harness, ctx.cfg.path, ctx.stage_dir / "harness_cache")
+        row["harness"] = run_harness(adapter, cfg.harness, resolve, work_dir / "harness_cache")
     row["scorer"] = vars(scorer.counters)
     del model, loaded
     return row
+
+
+def results_document(cfg: EvaluateConfig, rows: list[dict[str, Any]], data_dir: Path | None) -> dict[str, Any]:
+    """``results.json``: the rows, the markdown table and the license of every data set used."""
+    licenses = {name: TASKS[name].license for name in cfg.tasks}
+    licenses.update({tf.name: tf.license for tf in cfg.task_files})
+    if cfg.perplexity.lambada:
+        licenses["lambada"] = LAMBADA_LICENSE
+    return {"models": rows, "licenses": licenses, "data": str(data_dir) if data_dir else None,
+            "table": markdown_table(rows)}
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -175,15 +188,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     with Quarantine(ctx.stage_dir / "quarantine" / "texts.jsonl.zst") as quarantine:
         for ref in refs:
             log.info("evaluating %s (%s) on %s", ref.name, ref.path, device)
-            rows.append(evaluate_model(ctx, cfg, ref, items, data_dir, quarantine, device))
+            rows.append(evaluate_model(cfg, ref, items, data_dir, quarantine, device, ctx.cfg.path, ctx.stage_dir))
         quarantined = dict(quarantine.counts)
-    licenses = {name: TASKS[name].license for name in cfg.tasks}
-    licenses.update({tf.name: tf.license for tf in cfg.task_files})
-    if cfg.perplexity.lambada:
-        licenses["lambada"] = LAMBADA_LICENSE
-    table = markdown_table(rows)
-    results = {"models": rows, "licenses": licenses,
-               "data": str(data_dir) if data_dir else None, "table": table}
+    results = results_document(cfg, rows, data_dir)
+    table = results["table"]
     write_json(ctx.stage_dir / RESULTS_JSON, results)
     write_text(ctx.stage_dir / RESULTS_MD, table)
     log.info("results:\n%s", table)

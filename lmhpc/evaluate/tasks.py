@@ -44,9 +44,9 @@ class Task:
     license: str
     metrics: tuple[str, ...] = ("acc", "acc_norm")  # what the harness reports for it
 
-    def items(self, data_dir: Path) -> list[dict[str, Any]]:
-        """The task's documents, in the split's order."""
-        return hf_split(data_dir, self.dataset, self.split)
+    def items(self, data_dir: Path, limit: int = 0) -> list[dict[str, Any]]:
+        """The task's documents (the first ``limit`` when > 0), in the split's order."""
+        return hf_split(data_dir, self.dataset, self.split, limit)
 
 
 def mc_item(context: str, choices: list[str], gold: int, delimiter: str = " ") -> MCItem:

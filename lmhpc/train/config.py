@@ -138,6 +138,16 @@ class MetricsConfig:
 
 
 @dataclass
+class HeldOutConfig:
+    """Held-out perplexity while training (:mod:`lmhpc.train.heldout`): every ``interval`` steps (0: never), on
+    at most ``max_tokens`` tokens of ``texts`` (jsonl, parquet or .txt files kept out of the training data)."""
+
+    interval: int = 0
+    texts: list[str] = field(default_factory=list)
+    max_tokens: int = 16384
+
+
+@dataclass
 class PretrainConfig:
     """Pretrain stage settings (torch-native backend)."""
 
@@ -149,13 +159,14 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     data: DataConfig = field(default_factory=DataConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: HeldOutConfig = field(default_factory=HeldOutConfig)
     # a model to start from (consolidated folder, checkpoint, Hugging Face folder, .gguf) instead of a random init
     init_from: str = ""
 
     # keys that do not change the loss curve: a preempted run may resume with another parallel layout
     # (checkpoints reshard on load), checkpoint cadence or logging
     fingerprint_ignore: ClassVar[tuple[str, ...]] = ("parallel", "metrics", "checkpoint.interval",
-                                                      "checkpoint.keep_last", "checkpoint.async_save")
+                                                      "checkpoint.keep_last", "checkpoint.async_save", "eval")
 
     def global_batch(self, dp: int) -> int:
         """Sequences per optimizer step."""
@@ -229,6 +240,12 @@ class PretrainConfig:
             fail("data.weights", "weights must be > 0")
         if self.init_from and not root.path(self.init_from).exists():
             fail("init_from", f"{root.path(self.init_from)} does not exist")
+        if self.eval.interval < 0 or self.eval.max_tokens < 1:
+            fail("eval", "interval must be >= 0 and max_tokens >= 1")
+        if self.eval.interval and not self.eval.texts:
+            fail("eval.texts", "held-out evaluation (eval.interval > 0) needs held-out text files")
+        if self.eval.interval and (p.pp > 1 or p.cp > 1):
+            fail("eval.interval", "held-out evaluation runs with data and tensor parallel only (pp = cp = 1)")
         # precision
         if t.fp8 and t.fp8_emulate and t.compile:
             fail("train.fp8_emulate", "emulated float8 does not work with train.compile")

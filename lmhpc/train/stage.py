@@ -32,6 +32,7 @@ from lmhpc.model.transformer import ModelArgs, Transformer, count_params, flops_
 from lmhpc.train.checkpoint import CheckpointManager, latest_step
 from lmhpc.train.config import PretrainConfig
 from lmhpc.train.data import GlobalBatches, TokenIds, tokenizer_vocab
+from lmhpc.train.heldout import HeldOutEval, heldout_sequences
 from lmhpc.train.loop import Trainer
 from lmhpc.train.metrics import MetricsFile, device_peak_flops, memory_stats, throughput
 from lmhpc.train.optim import build_optimizer, lr_at, set_lr
@@ -171,6 +172,12 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                 "world_size": world, "seed": seed, "global_batch": global_batch,
                 "model_args": args_to_dict(args), "tokenizer": str(tokenizer_path(ctx, cfg))}
 
+    heldout, heldout_log = None, []
+    if cfg.eval.interval:
+        rows = heldout_sequences(cfg.eval.texts, ctx.cfg.path, tokenizer_path(ctx, cfg), eod, cfg.train.seq_len,
+                                 cfg.eval.max_tokens, ctx.stage_dir / "quarantine" / f"heldout-rank{rank}.jsonl")
+        heldout = HeldOutEval(rows, dims.cfg.dp, dims.dp_rank, cfg.train.micro_batch_size, dims.coord("tp") == 0,
+                              device)
     metrics_file = MetricsFile(ctx.stage_dir / METRICS_FILE, step) if rank == 0 else None
     peak = device_peak_flops(device, cfg.metrics.peak_tflops)
     tokens_per_step = global_batch * cfg.train.seq_len
@@ -216,6 +223,11 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                 if rank == 0:
                     metrics_file.write(last)
                     ctx.tracker.log({**last, "memory": memory_stats(device)}, step=step)
+            if heldout is not None and step % cfg.eval.interval == 0:
+                heldout_log.append(heldout.record(step, heldout.loss(parts[0], trainer._autocast)))
+                log.info("step %d: held-out loss %.4f, perplexity %.2f", step, heldout_log[-1]["loss"],
+                         heldout_log[-1]["perplexity"])
+                ctx.tracker.log({"heldout": heldout_log[-1]}, step=step)
             if step > start_step + 1:  # whole iterations but checkpoint saves; the first pays for warm-up
                 train_seconds += time.perf_counter() - iteration_start
                 train_cpu_seconds += time.process_time() - iteration_cpu
@@ -262,6 +274,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
         "last_checkpoint": str(ckpt_dir / f"step-{last_saved}") if last_saved >= 0 else None,
         "attempt_seconds": round(time.time() - t_start, 3),
         "memory": memory_stats(device),
+        "heldout": heldout_log or None,
     }
 
 
