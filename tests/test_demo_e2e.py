@@ -12,7 +12,7 @@ import pytest
 from lmhpc.track import offline_run_dirs, read_history
 
 REPO = Path(__file__).resolve().parent.parent
-STAGES = ["curate", "dedup", "tokenizer", "tokenize", "pretrain"]
+STAGES = ["curate", "dedup", "tokenizer", "tokenize", "pretrain", "evaluate"]
 
 
 @pytest.mark.slow
@@ -31,6 +31,9 @@ def test_demo_chain_on_a_slice_of_the_sample(tmp_path):
         "pretrain.train.steps=12", "pretrain.optimizer.warmup_steps=2",
         "pretrain.train.seq_len=64", "pretrain.model.max_seq_len=64",
         "pretrain.train.micro_batch_size=4", "pretrain.checkpoint.interval=6", "pretrain.metrics.log_every=2",
+        "pretrain.model.max_seq_len=256", "pretrain.eval.interval=6", "pretrain.eval.max_tokens=2048",
+        "evaluate.tasks=[arc_easy, piqa]", "evaluate.limit=20", "evaluate.perplexity.lambada=5",
+        "evaluate.perplexity.max_docs=5",
     ]
     out = subprocess.run([sys.executable, "-m", "lmhpc", "run", str(REPO / "configs" / "demo.yaml"), *overrides],
                          capture_output=True, text=True, cwd=REPO, timeout=1200)
@@ -55,4 +58,14 @@ def test_demo_chain_on_a_slice_of_the_sample(tmp_path):
     assert len(losses) >= 3 and losses[-1] < losses[0]
     status = json.loads(subprocess.run([sys.executable, "-m", "lmhpc", "status", str(run), "--json"],
                                        capture_output=True, text=True, cwd=REPO).stdout)
-    assert [r["state"] for r in status] == ["done"] * 5
+    assert [r["state"] for r in status] == ["done"] * len(STAGES)
+    heldout = json.loads((run / "pretrain" / "stats.json").read_text())["heldout"]
+    assert [h["step"] for h in heldout] == [6, 12]
+    results = json.loads((run / "evaluate" / "results.json").read_text())
+    (row,) = results["models"]
+    assert row["name"] == "pretrain/step-12"
+    assert {"prose_heldout", "lambada"} <= set(row["perplexity"])
+    for task in ("arc_easy", "piqa"):
+        assert row["tasks"][task]["items"] + sum(row["tasks"][task]["skipped"].values()) == 20
+        assert row["tasks"][task]["items"] > 0
+    assert "arc_easy acc_norm" in (run / "evaluate" / "results.md").read_text()

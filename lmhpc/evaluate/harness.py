@@ -102,28 +102,27 @@ class LMHarnessModel(TemplateLM):
         return totals
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Greedy (or sampled, as ``gen_kwargs`` say) continuations, cut at the first stop string."""
-        try:
-            from lmhpc.infer.generate import Generator
-        except ImportError as e:
-            raise NotImplementedError("generate_until needs lmhpc.infer.generate, which is not installed") from e
+        """Continuations of each context (greedy unless ``gen_kwargs`` ask for sampling), cut before the first
+        stop string (``until``) and at the end-of-sequence token; requests with the same settings run batched."""
+        from lmhpc.infer.generate import Generator
+
         generator = Generator(self.model, self.text_tokenizer)
-        out = []
-        for request in requests:
-            context, kwargs = request.args
-            kwargs = dict(kwargs or {})
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            kwargs = dict(request.args[1] or {})
             until = kwargs.pop("until", None) or []
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(kwargs.pop("max_gen_toks", 256))
+            until = (until,) if isinstance(until, str) else tuple(until)
             sample = bool(kwargs.pop("do_sample", False))
             temperature = float(kwargs.pop("temperature", 0.0)) if sample else 0.0
-            completion = generator.generate([context], max_new_tokens=max_new, temperature=temperature,
-                                            stop=tuple(until))[0]
-            text = completion.text
-            for stop in until:  # the harness returns the text before the first stop string
-                text = text.split(stop)[0]
-            self.cache_hook.add_partial("generate_until", request.args, text)
-            out.append(text)
+            groups.setdefault((until, int(kwargs.pop("max_gen_toks", 256)), temperature), []).append(i)
+        out = [""] * len(requests)
+        for (until, max_new, temperature), members in groups.items():
+            contexts = [requests[i].args[0] for i in members]
+            completions = generator.generate(contexts, max_new_tokens=max_new, temperature=temperature, stop=until,
+                                             seed=0 if temperature else None)
+            for i, completion in zip(members, completions):
+                out[i] = completion.text
+                self.cache_hook.add_partial("generate_until", requests[i].args, completion.text)
         return out
 
 

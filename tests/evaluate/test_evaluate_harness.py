@@ -113,3 +113,21 @@ def test_adapter_cuts_long_requests_from_the_left_like_the_harness(tokenizer_dir
     assert got == want and adapter.truncated == 1
     with pytest.raises(ValueError, match="continuation of 9 tokens"):
         adapter._loglikelihood_tokens([(("", ""), [1], list(range(9)))])
+
+
+def test_generate_until_is_the_generator_cut_at_stop_strings(tokenizer_dir):
+    from lm_eval.api.instance import Instance
+
+    from lmhpc.infer.generate import Generator
+
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = tiny_model(vocab_size=tokenizer.vocab_size, seed=6, max_seq_len=128)
+    adapter = adapter_for(model, tokenizer, max_length=128)
+    prompts = ["The quick brown fox", "Seven tired wizards quietly"]
+    free = Generator(model, tokenizer).generate(prompts, max_new_tokens=12)
+    stop = free[0].text[3:5]  # a stop string the first continuation meets
+    requests = [Instance("generate_until", {}, (p, {"until": [stop], "max_gen_toks": 12}), i)
+                for i, p in enumerate(prompts)]
+    got = adapter.generate_until(requests)
+    assert got[0] == free[0].text.split(stop)[0] and len(got[0]) < len(free[0].text)
+    assert got[1] == free[1].text.split(stop)[0]
