@@ -91,6 +91,7 @@ CURATE_TOOLS = {
 
 # ``lmhpc NAME ...`` commands with arguments of their own: module whose ``main(argv) -> int`` runs it, and help
 TOOLS: dict[str, tuple[str, str]] = {}
+TOOLS["report"] = ("lmhpc.report.cli", "write a run's HTML report: runs/<run>/report/index.html")
 TOOLS["generate"] = ("lmhpc.infer.cli", "generate text with a model")
 TOOLS["evaluate"] = ("lmhpc.evaluate.cli", "perplexity and benchmark scores of model files or folders")
 
