@@ -91,6 +91,8 @@ CURATE_TOOLS = {
 
 # ``lmhpc NAME ...`` commands with arguments of their own: module whose ``main(argv) -> int`` runs it, and help
 TOOLS: dict[str, tuple[str, str]] = {}
+TOOLS["export"] = ("lmhpc.exchange.export_cli", "write a model as a consolidated folder, Hugging Face folder or GGUF")
+TOOLS["import"] = ("lmhpc.exchange.import_cli", "a GGUF file or Hugging Face folder as a consolidated folder")
 TOOLS["report"] = ("lmhpc.report.cli", "write a run's HTML report: runs/<run>/report/index.html")
 TOOLS["generate"] = ("lmhpc.infer.cli", "generate text with a model")
 TOOLS["evaluate"] = ("lmhpc.evaluate.cli", "perplexity and benchmark scores of model files or folders")

@@ -43,6 +43,7 @@ def test_a_run_exports_and_another_starts_from_it(pretrain_run, tmp_path: Path) 
     assert max((start[k] - after[k]).abs().max().item() for k in start) < 1e-6
 
 
+@pytest.mark.slow
 def test_init_from_refuses_another_shape(pretrain_run, tmp_path: Path, sp_tokenizer: Path) -> None:  # noqa: F811
     from tests.exchange.conftest import tiny_weights
 
