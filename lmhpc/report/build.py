@@ -61,7 +61,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, aux_tok
         if section is not None:
             report.sections.append(section)
     stages = ", ".join(run.stages()) or "no stage output"
-    subtitle = f"{run.path.resolve()} · stages: {stages} · built in {time.time() - started:.1f} s"
+    subtitle = f"{run.path} · stages: {stages} · built in {time.time() - started:.1f} s"
     write_text(report.path, html.page(f"lmhpc report: {run.name}", subtitle, report.sections), fsync=False)
     write_json(out / "manifest.json", {
         "run": str(run.path.resolve()),

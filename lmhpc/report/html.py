@@ -82,6 +82,11 @@ def pct(part: float, whole: float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "–"
 
 
+def share(part: float, whole: float) -> Cell:
+    """A percentage for a table cell (right-aligned)."""
+    return Cell(pct(part, whole), numeric=True)
+
+
 def mb(nbytes: float) -> str:
     return f"{nbytes / 1e6:,.2f} MB"
 

@@ -108,8 +108,8 @@ def render(rin: ReportInput) -> html.Section | None:
         for c in counts.values():
             total.update(c)
         n = sum(total.values())
-        rows = [[lang, docs_n, html.pct(docs_n, n), ", ".join(f"{s} {counts[s].get(lang, 0):,}" for s in sorted(counts)
-                                                             if counts[s].get(lang))]
+        rows = [[lang, docs_n, html.share(docs_n, n),
+                 ", ".join(f"{s} {counts[s][lang]:,}" for s in sorted(counts) if counts[s].get(lang))]
                 for lang, docs_n in total.most_common()]
         body.append(html.details(f"Every language ({len(rows)})", html.table(["language", "documents", "share",
                                                                              "per source"], rows)))

@@ -77,7 +77,7 @@ def render(rin: ReportInput) -> html.Section | None:
         mix = Counter(d.source for d in members)
         kept = sum(d.status == KEPT for d in members)
         rows.append([c, len(members), ", ".join(f"{s} {100 * n / len(members):.0f}%" for s, n in mix.most_common(3)),
-                     html.pct(kept, len(members)), " · ".join(terms)])
+                     html.share(kept, len(members)), " · ".join(terms)])
     body = [html.note(f"{len(docs):,} sampled documents (kept, dropped by curate, dropped by dedup): TF-IDF over "
                       f"words and word pairs ({m.n_terms:,} terms), truncated SVD to {m.n_components} components, "
                       f"k-means into {len(m.top_terms)} clusters; the plot shows the first two principal axes of "

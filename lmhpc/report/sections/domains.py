@@ -84,11 +84,11 @@ def render(rin: ReportInput) -> html.Section | None:
                                       [h.name for h in by_dropped], {"dropped": [h.docs_dropped for h in by_dropped]},
                                       xlabel="documents dropped", colors=colors))
     body.append(html.grid(chart_list))
-    rows = [[h.name, h.docs_in, h.docs_out, h.docs_dropped, html.pct(h.docs_out, h.docs_in), _top_reasons(h)]
+    rows = [[h.name, h.docs_in, h.docs_out, h.docs_dropped, html.share(h.docs_out, h.docs_in), _top_reasons(h)]
             for h in largest]
     body.append(html.table(["host", "docs in", "kept", "dropped", "kept share", "main drop reasons"], rows))
     if by_dropped:
-        rows = [[h.name, h.docs_in, h.docs_dropped, html.pct(h.docs_dropped, h.docs_in), _top_reasons(h)]
+        rows = [[h.name, h.docs_in, h.docs_dropped, html.share(h.docs_dropped, h.docs_in), _top_reasons(h)]
                 for h in by_dropped]
         head = ["host", "docs in", "dropped", "dropped share", "main drop reasons"]
         body.append(html.details(f"The {len(by_dropped)} hosts with the most drops", html.table(head, rows)))

@@ -14,11 +14,11 @@ TOP_REASONS = 25
 def _flow_table(rows: list[Flow], disk: dict[str, int]) -> str:
     table = []
     for f in rows:
-        kept = html.pct(f.docs_out, f.docs_in) if f.docs_in and f.docs_out is not None else "–"
+        kept = html.share(f.docs_out, f.docs_in) if f.docs_in and f.docs_out is not None else None
         files = html.mb(disk[f.source]) if f.stage == "curate" and f.source in disk else ""
-        table.append([f.stage, f.source, f.docs_in, f.docs_out, kept, files,
-                      f.bytes_in.text() if f.bytes_in else "–", f.bytes_out.text() if f.bytes_out else "–",
-                      f.tokens_out])
+        table.append([f.stage, f.source, f.docs_in, f.docs_out, kept, html.Cell(files, True),
+                      html.Cell(f.bytes_in.text() if f.bytes_in else "–", True),
+                      html.Cell(f.bytes_out.text() if f.bytes_out else "–", True), f.tokens_out])
     return html.table(["stage", "source", "docs in", "docs out", "kept", "input files", "text in", "text out",
                        "tokens out"], table)
 
@@ -103,9 +103,9 @@ def render(rin: ReportInput) -> html.Section | None:
             sub = as_dict(per_source[source])
             n_in = as_int(sub.get("docs_in"))
             for reason, n in sorted(as_dict(sub.get("dropped")).items(), key=lambda kv: -as_int(kv[1])):
-                reasons.append([source, reason, as_int(n), html.pct(as_int(n), n_in)])
+                reasons.append([source, reason, as_int(n), html.share(as_int(n), n_in)])
             for reason, n in sorted(as_dict(sub.get("quarantine_reasons")).items()):
-                reasons.append([source, f"quarantine/{reason}", as_int(n), html.pct(as_int(n), n_in)])
+                reasons.append([source, f"quarantine/{reason}", as_int(n), html.share(as_int(n), n_in)])
         body.append(html.details(f"Curate: every drop reason per source ({len(reasons)} rows)",
                                  html.table(["source", "reason", "documents", "of the source's input"], reasons)))
     return html.Section("sources", "Stages and sources", "".join(body), chart_list)

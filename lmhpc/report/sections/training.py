@@ -19,7 +19,7 @@ def _blend(rin: ReportInput) -> tuple[str, list[charts.Chart]]:
     total = sum(as_int(as_dict(v).get("tokens")) for v in sources.values())
     names = sorted(sources)
     rows = [[s, as_int(as_dict(sources[s]).get("docs")), as_int(as_dict(sources[s]).get("tokens")),
-             html.pct(as_int(as_dict(sources[s]).get("tokens")), total),
+             html.share(as_int(as_dict(sources[s]).get("tokens")), total),
              html.Cell(f"{100 * float(as_dict(sources[s]).get('weight') or 0):.1f}%", True)] for s in names]
     chart = charts.bars("training-blend", "Training blend: tokens and sampling weight per source", names,
                         {"share of tokens %": [100 * as_int(as_dict(sources[s]).get("tokens")) / total if total else 0
