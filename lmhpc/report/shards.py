@@ -84,10 +84,14 @@ def sample_records(paths: list[Path], budget: int, seed: int) -> tuple[Picked, S
     out: Picked = []
     scanned = 0
     complete = True
-    largest = 0
+    largest = visited = 0
     for k, path in enumerate(paths):
+        if len(out) >= budget:  # a budget smaller than the number of shards: the first shards only
+            complete = False
+            break
         # what smaller shards before left unused goes to the shards after them
-        quota = max(1, math.ceil((budget - len(out)) / (len(paths) - k)))
+        quota = math.ceil((budget - len(out)) / (len(paths) - k))
+        visited += 1
         largest = max(largest, quota)
         scan = SCAN_FACTOR * quota
         rng = random.Random(f"{seed}:{path.name}")
@@ -106,4 +110,4 @@ def sample_records(paths: list[Path], budget: int, seed: int) -> tuple[Picked, S
                     reservoir[j] = (index, record)
         scanned += seen
         out += [(k, index, record) for index, record in sorted(reservoir, key=lambda r: r[0])]
-    return out, SampleNote(taken=len(out), scanned=scanned, shards=len(paths), quota=largest, complete=complete)
+    return out, SampleNote(taken=len(out), scanned=scanned, shards=visited, quota=largest, complete=complete)

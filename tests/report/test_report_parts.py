@@ -96,6 +96,7 @@ def test_sample_is_bounded_spread_and_seeded(tmp_path):
     assert per_shard[0] == 5 and per_shard[1] > 20 and per_shard[2] > 0  # a small shard's share goes on
     assert all(rec["id"] == f"{k}-{i}" for k, i, rec in picked)  # record index = line among documents
     assert [r["id"] for _, _, r in sample_records(paths, 60, seed=1)[0]] == [r["id"] for _, _, r in picked]
+    assert len(sample_records(paths, budget=2, seed=1)[0]) == 2
     everything, note = sample_records(paths, budget=10_000, seed=1)
     assert len(everything) == sum(sizes) and note.complete and "all" in note.describe()
     assert [i for i, _ in iter_records(paths[0])] == list(range(5))
