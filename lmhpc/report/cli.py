@@ -22,7 +22,7 @@ def run_folder(arg: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lmhpc report", description=__doc__,
+    p = argparse.ArgumentParser(prog="lmhpc report", description=__doc__.replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder (runs/<name>) or run config")
     p.add_argument("--aux-tokenizer", default=None, metavar="PATH",
