@@ -85,10 +85,11 @@ class Generator:
     def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0, stop: Sequence[str] = (),
                  seed: int | None = None, chat: bool = False, add_bos: bool = False, logprobs: bool = False,
-                 batch_size: int | None = None) -> list[Completion]:
+                 batch_size: int | None = None, ignore_eos: bool = False) -> list[Completion]:
         """One :class:`Completion` per prompt, in order (see the module docstring). ``seed``: the same seed
         gives the same completions for the same prompts and batch size (None: fresh randomness).
-        ``batch_size``: prompts per forward batch (default all); batches hold prompts of similar length."""
+        ``batch_size``: prompts per forward batch (default all); batches hold prompts of similar length.
+        ``ignore_eos``: end tokens do not end a row (fixed-length generation, as benchmarks want)."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
@@ -107,7 +108,7 @@ class Generator:
             for first in range(0, len(order), size):
                 rows = order[first:first + size]
                 batch = self._generate_batch([encoded[i] for i in rows], max_new_tokens, params, tuple(stop),
-                                             self.end_ids(chat), logprobs, generator)
+                                             set() if ignore_eos else self.end_ids(chat), logprobs, generator)
                 results.update(zip(rows, batch))
         return [results[i] for i in range(len(encoded))]
 
@@ -130,7 +131,8 @@ class Generator:
         if params.repetition_penalty != 1.0:
             vocab = self.model.args.vocab_size
             seen = torch.zeros(bsz, vocab, dtype=torch.bool, device=self.device)
-            seen.scatter_(1, tokens, mask)
+            rows_of, _ = mask.nonzero(as_tuple=True)
+            seen[rows_of, tokens[mask]] = True  # the prompt's real tokens (padding is no token of the row)
         cache = InferenceCache(self.model.args, bsz, width + max_new_tokens, self.device, self.dtype)
         logits = self._logits(tokens, cache, mask)
         rows = [_Row(p) for p in prompts]

@@ -48,3 +48,23 @@ def test_greedy_equals_transformers_generate(tmp_path, sp_tokenizer, kw):
                                 pad_token_id=sp_tokenizer.pad_id)
         assert alone[0, len(e):].tolist()[:len(c.token_ids)] == c.token_ids, PROMPTS[row]
         assert batch[row, width:].tolist()[:len(c.token_ids)] == c.token_ids, PROMPTS[row]
+
+
+def test_repetition_penalty_equals_transformers(tmp_path, sp_tokenizer):
+    """The penalty counts the prompt's tokens and each generated one, as transformers' does."""
+    from transformers import AutoModelForCausalLM
+
+    model = build(tiny_args(n_kv_heads=2), seed=1)
+    weights = ModelWeights(model_state(model), model.args, read_tokenizer_files(sp_tokenizer.path.parent))
+    hf = AutoModelForCausalLM.from_pretrained(write_hf(weights, tmp_path / "hf"), dtype=torch.float32).eval()
+    gen = Generator(model, sp_tokenizer)
+    for prompt in PROMPTS[:2]:
+        e = sp_tokenizer.encode(prompt)
+        [plain] = gen.generate([e], max_new_tokens=NEW, ignore_eos=True)
+        [c] = gen.generate([e], max_new_tokens=NEW, repetition_penalty=1.8, ignore_eos=True)
+        assert c.token_ids != plain.token_ids
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([e]), attention_mask=torch.ones(1, len(e), dtype=torch.long),
+                              max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, repetition_penalty=1.8,
+                              eos_token_id=sp_tokenizer.eos_id, pad_token_id=sp_tokenizer.pad_id)
+        assert out[0, len(e):].tolist() == c.token_ids, prompt
