@@ -24,10 +24,3 @@ class ReportInput:
     def section(self, name: str) -> dict[str, Any]:
         """One section of the resolved config (``{}`` when absent)."""
         return as_dict(self.config.get(name))
-
-    def sources(self) -> list[str]:
-        """Every source seen: in curate's stats, the tokenize stage's, or the sample."""
-        names = set(as_dict(self.run.stats("curate").get("per_source")))
-        names |= set(as_dict(self.run.stats("tokenize").get("per_source")))
-        names |= {d.source for d in self.samples.all}
-        return sorted(n for n in names if isinstance(n, str))

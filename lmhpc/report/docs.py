@@ -4,7 +4,6 @@ of what curate dropped (from ``dropped/`` when the stage wrote every drop, else 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,9 +66,6 @@ class Samples:
     @property
     def all(self) -> list[DocRecord]:
         return self.kept + self.dropped
-
-    def counts(self) -> Counter[str]:
-        return Counter(d.status for d in self.all)
 
 
 def dedup_marks(run: RunFolder, shard: int, up_to: int) -> dict[int, str]:
