@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +20,9 @@ from lmhpc.exchange.gguf_vocab import GGUFVocab, vocab_for_gguf
 from lmhpc.exchange.hf import check_exportable
 from lmhpc.exchange.weights import ModelWeights
 from lmhpc.fsutil import atomic_path
+
+if TYPE_CHECKING:
+    from gguf import GGUFWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +54,10 @@ def gguf_tensors(weights: ModelWeights) -> dict[str, torch.Tensor]:
     return out
 
 
-def _add_metadata(writer: object, weights: ModelWeights, name: str, qtype: str) -> None:
+def _add_metadata(w: GGUFWriter, weights: ModelWeights, name: str, qtype: str) -> None:
     import gguf
 
     a = weights.args
-    w: gguf.GGUFWriter = writer  # type: ignore[assignment]
     w.add_name(name)
     w.add_context_length(a.max_seq_len)
     w.add_embedding_length(a.dim)
@@ -75,10 +78,7 @@ def _add_metadata(writer: object, weights: ModelWeights, name: str, qtype: str) 
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _add_vocab(writer: object, vocab: GGUFVocab) -> None:
-    import gguf
-
-    w: gguf.GGUFWriter = writer  # type: ignore[assignment]
+def _add_vocab(w: GGUFWriter, vocab: GGUFVocab) -> None:
     w.add_tokenizer_model(vocab.model)
     w.add_tokenizer_pre(vocab.pre)
     w.add_token_list(vocab.tokens)
