@@ -1,10 +1,11 @@
 """Log-likelihood of token continuations, batched, with each distinct context computed once.
 
 Requests ``(context ids, continuation ids)`` are grouped by context into prefix trees
-(:mod:`lmhpc.evaluate.packed`), the trees sorted by length and packed into batches of at most
-``batch_tokens`` padded tokens. The scores are those of running each ``context + continuation`` alone, the
-way lm-evaluation-harness's Hugging Face model does (without its left truncation: a request longer than the
-model's context is refused, and callers count it as skipped).
+(:mod:`lmhpc.evaluate.packed`) where sharing the context pays (:func:`_worth_sharing`), the trees sorted
+by length and packed into batches of at most ``batch_tokens`` padded tokens. The scores are those of
+running each ``context + continuation`` alone, the way lm-evaluation-harness's Hugging Face model does
+(without its left truncation: a request longer than the model's context is refused, and callers count it
+as skipped).
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ from torch import nn
 from lmhpc.evaluate.packed import Tree, score_plain, score_trees, supports_trees
 
 Request = tuple[list[int], list[int]]
+
+
+TREE_TOKENS = 1024  # longest row a shared context grows to: attention over a row costs its length squared
+
+
+def _worth_sharing(tree: Tree, continuation: list[int]) -> bool:
+    """Whether ``continuation`` joins ``tree`` rather than starting another row with the same context: the
+    context it saves must be worth a quarter of its length (a one-token context of rolling windows is not)
+    and the row stays within :data:`TREE_TOKENS`."""
+    return 4 * len(tree.context) >= len(continuation) and tree.length + len(continuation) - 1 <= TREE_TOKENS
 
 
 class TooLong(ValueError):
@@ -55,15 +66,22 @@ class Scorer:
         """(log-probability of the continuation given the context, whether it is the greedy continuation) for
         each request, in order. Raises :class:`TooLong` for a request that does not fit and ``ValueError``
         for an empty context or continuation."""
-        groups: dict[tuple[int, ...], list[int]] = {}
+        trees: list[tuple[Tree, list[int]]] = []
+        open_trees: dict[tuple[int, ...], tuple[Tree, list[int]]] = {}
         for i, (context, continuation) in enumerate(requests):
             if not context or not continuation:
                 raise ValueError(f"request {i}: empty {'context' if not context else 'continuation'}")
             if not self.fits(context, continuation):
                 raise TooLong(f"request {i}: {len(context)} context + {len(continuation)} continuation tokens "
                               f"exceed the model's {self.max_len} positions")
-            groups.setdefault(tuple(context), []).append(i)
-        trees = [(Tree(list(ctx), [requests[i][1] for i in members]), members) for ctx, members in groups.items()]
+            key = tuple(context)
+            tree = open_trees.get(key)
+            if tree is not None and _worth_sharing(tree[0], continuation):
+                tree[0].continuations.append(continuation)
+                tree[1].append(i)
+            else:
+                open_trees[key] = (Tree(list(context), [continuation]), [i])
+                trees.append(open_trees[key])
         trees.sort(key=lambda t: -t[0].length)
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         self.counters.requests += len(requests)

@@ -111,3 +111,17 @@ def test_rolling_windows_equal_the_harness(length, window):
     assert ours == theirs
     assert [t for _, cont in ours for t in cont] == tokens  # every token predicted exactly once
     assert all(len(c) + len(k) - 1 <= window for c, k in ours)
+
+
+def test_short_contexts_of_long_continuations_are_not_shared():
+    from lmhpc.evaluate.scoring import TREE_TOKENS
+
+    model = tiny_model(vocab_size=30, max_seq_len=64)
+    windows = [([7], list(range(i, i + 60))[:60]) for i in range(0, 6)] + [([1, 2, 3], [4, 5])] * 3
+    windows = [(c, [t % 30 for t in k]) for c, k in windows]
+    scorer = Scorer(model, torch.device("cpu"), 64)
+    got = scorer.loglikelihood(windows)
+    assert scorer.counters.trees == 6 + 1  # each rolling window alone; the short continuations share
+    for (context, continuation), (logprob, _) in zip(windows, got):
+        assert logprob == pytest.approx(reference(model, context, continuation)[0], abs=1e-4)
+    assert TREE_TOKENS >= 512
