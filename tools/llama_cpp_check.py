@@ -85,6 +85,8 @@ def check(gguf_file: Path, text: str, llama_cpp, threads: int) -> dict:
     llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=max(64, 2 * len(ours)), logits_all=True,
                           n_threads=threads, verbose=False)
     theirs = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    mismatch = first_difference(ours, theirs)
+    theirs = theirs[:weights.args.max_seq_len]  # scored up to the model's context
     t0 = time.perf_counter()
     llm.reset()
     llm.eval(theirs)
@@ -96,12 +98,12 @@ def check(gguf_file: Path, text: str, llama_cpp, threads: int) -> dict:
         our_seconds = time.perf_counter() - t0
     agree = float((llama_logits.argmax(-1) == our_logits.argmax(-1)).mean())
     diff = np.abs(llama_logits - our_logits)
-    mismatch = first_difference(ours, theirs)
     return {
         "gguf": str(gguf_file),
         "file_type": weights.metadata.get("file_type"),
         "tokens_ours": len(ours),
-        "tokens_llama_cpp": len(theirs),
+        "tokens_llama_cpp": len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)),
+        "tokens_scored": len(theirs),
         "tokens_identical": mismatch is None,
         "first_token_difference": None if mismatch is None else {
             "position": mismatch, "ours": [tokenizer.decode([i]) for i in ours[mismatch:mismatch + 5]],
@@ -141,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update({"model": str(args.model), "llama_cpp_python": getattr(llama_cpp, "__version__", "?"),
                    "machine": platform.machine(), "python": platform.python_version(),
                    "date": time.strftime("%Y-%m-%d")})
-    for key in ("tokens_identical", "tokens_ours", "tokens_llama_cpp", "top1_agreement", "max_abs_logit_diff",
-                "mean_abs_logit_diff", "llama_cpp_seconds", "ours_seconds"):
+    for key in ("tokens_identical", "tokens_ours", "tokens_llama_cpp", "tokens_scored", "top1_agreement",
+                "max_abs_logit_diff", "mean_abs_logit_diff", "llama_cpp_seconds", "ours_seconds"):
         print(f"{key:<22} {result[key]}")
     if result["first_token_difference"]:
         print(f"first difference       {result['first_token_difference']}")
