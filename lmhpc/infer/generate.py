@@ -13,12 +13,14 @@ token here (:mod:`lmhpc.infer.routing`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from lmhpc.exchange.tokenizer import TextTokenizer
+from lmhpc.infer.layout import TransposedWeights
 from lmhpc.infer.routing import no_token_dropping
 from lmhpc.infer.sampling import SamplingParams, next_tokens
 from lmhpc.model.cache import InferenceCache
@@ -52,11 +54,14 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
 
 
 class Generator:
-    """Generates with ``model`` (our :class:`Transformer`, any device and dtype) and its ``tokenizer``."""
+    """Generates with ``model`` (our :class:`Transformer`, any device and dtype) and its ``tokenizer``.
+    ``transpose_weights``: decode float32 CPU linear layers through transposed copies of their weights
+    (:mod:`lmhpc.infer.layout`: faster, at the cost of a second copy of those weights)."""
 
-    def __init__(self, model: Transformer, tokenizer: TextTokenizer) -> None:
+    def __init__(self, model: Transformer, tokenizer: TextTokenizer, transpose_weights: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.layout = TransposedWeights() if transpose_weights else None
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
 
@@ -104,7 +109,8 @@ class Generator:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         size = batch_size or max(len(encoded), 1)
         results: dict[int, Completion] = {}
-        with torch.inference_mode(), no_token_dropping(self.model):
+        layout = self.layout.applied(self.model) if self.layout is not None else nullcontext()
+        with torch.inference_mode(), no_token_dropping(self.model), layout:
             for first in range(0, len(order), size):
                 rows = order[first:first + size]
                 batch = self._generate_batch([encoded[i] for i in rows], max_new_tokens, params, tuple(stop),
