@@ -231,16 +231,10 @@ def args_from_hf_config(config: dict[str, Any], where: str) -> ModelArgs:
 
 
 def _our_experts(s: dict[str, torch.Tensor], hf: str, num_experts: int) -> dict[str, torch.Tensor]:
-    """A Mixtral layer's experts as our stacked ``(experts, in, out)`` tensors (per-expert linears, or the
-    fused ``gate_up_proj``/``down_proj`` tensors newer transformers versions save)."""
-    if f"{hf}block_sparse_moe.experts.0.w1.weight" in s:
-        return {name: torch.stack([s.pop(f"{hf}block_sparse_moe.experts.{e}.{name}.weight").t()
-                                   for e in range(num_experts)])
-                for name in ("w1", "w2", "w3")}
-    gate_up, down = s.pop(f"{hf}mlp.experts.gate_up_proj"), s.pop(f"{hf}mlp.experts.down_proj")
-    hidden = gate_up.shape[1] // 2  # (experts, 2·hidden, dim): gate rows, then up rows
-    return {"w1": gate_up[:, :hidden].transpose(1, 2), "w3": gate_up[:, hidden:].transpose(1, 2),
-            "w2": down.transpose(1, 2)}
+    """A Mixtral layer's per-expert linears as our stacked ``(experts, in, out)`` tensors."""
+    return {name: torch.stack([s.pop(f"{hf}block_sparse_moe.experts.{e}.{name}.weight").t()
+                               for e in range(num_experts)])
+            for name in ("w1", "w2", "w3")}
 
 
 def our_state(hf_tensors: dict[str, torch.Tensor], a: ModelArgs) -> dict[str, torch.Tensor]:
@@ -256,8 +250,7 @@ def our_state(hf_tensors: dict[str, torch.Tensor], a: ModelArgs) -> dict[str, to
         out[ours + "attention.wv.weight"] = s.pop(hf + "self_attn.v_proj.weight")
         out[ours + "attention.wo.weight"] = s.pop(hf + "self_attn.o_proj.weight")
         if a.layer_has_moe(i):
-            gate = s.pop(hf + "block_sparse_moe.gate.weight", None)
-            out[ours + "moe.gate.weight"] = gate if gate is not None else s.pop(hf + "mlp.gate.weight")
+            out[ours + "moe.gate.weight"] = s.pop(hf + "block_sparse_moe.gate.weight")
             for name, w in _our_experts(s, hf, a.moe.num_experts).items():
                 out[f"{ours}moe.{name}"] = w.contiguous()
         else:

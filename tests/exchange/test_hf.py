@@ -88,7 +88,7 @@ def test_transformers_reads_our_tokenizer_as_we_do(tmp_path: Path, sp_tokenizer:
 
 
 def test_import_of_a_transformers_model(tmp_path: Path, sp_tokenizer: Path) -> None:
-    """A folder written by transformers' own save_pretrained imports with its logits."""
+    """A (sharded) folder written by transformers' own save_pretrained imports with its logits."""
     tf = transformers()
     config = tf.LlamaConfig(vocab_size=800, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -100,7 +100,8 @@ def test_import_of_a_transformers_model(tmp_path: Path, sp_tokenizer: Path) -> N
             layer.self_attn.q_proj.weight.mul_(15)
             layer.self_attn.k_proj.weight.mul_(15)
             layer.input_layernorm.weight.uniform_(0.5, 1.5)
-    hf_model.save_pretrained(tmp_path / "hf")
+    hf_model.save_pretrained(tmp_path / "hf", max_shard_size="200KB")  # several files and an index
+    assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (tmp_path / "hf" / name).write_bytes((sp_tokenizer / name).read_bytes())
 
@@ -111,6 +112,21 @@ def test_import_of_a_transformers_model(tmp_path: Path, sp_tokenizer: Path) -> N
         assert (loaded.model(x) - hf_model(x).logits).abs().max().item() <= TOLERANCE
     assert loaded.tokenizer.encode("the quick brown fox") == \
         tf.AutoTokenizer.from_pretrained(tmp_path / "hf")("the quick brown fox", add_special_tokens=False).input_ids
+
+
+def test_import_of_a_transformers_mixtral(tmp_path: Path, sp_tokenizer: Path) -> None:
+    tf = transformers()
+    config = tf.MixtralConfig(vocab_size=800, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                              max_position_embeddings=128, sliding_window=None)
+    torch.manual_seed(2)
+    hf_model = tf.MixtralForCausalLM(config).eval()
+    hf_model.save_pretrained(tmp_path / "hf")
+    weights = read_hf(tmp_path / "hf")
+    assert weights.args.moe.num_experts == 4 and weights.args.moe.top_k == 2 and weights.args.moe.expert_hidden == 96
+    x = token_batch(sp_tokenizer)
+    with torch.no_grad():
+        assert (build_model(weights).eval()(x) - hf_model(x).logits).abs().max().item() <= TOLERANCE
 
 
 def test_export_import_round_trip_is_exact(tmp_path: Path, sp_tokenizer: Path) -> None:
