@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
+import os
 from pathlib import Path
+from types import ModuleType
+
+import pytest
 
 
 def write_jsonl_corpus(folder: Path, files: int = 4, docs_per_file: int = 25, bad_lines: bool = False,
@@ -51,3 +56,11 @@ def curate_config(tmp_path: Path, corpus: Path, **extra) -> dict:
 def tree_bytes(folder: Path, pattern: str = "*.jsonl*") -> dict[str, bytes]:
     """Relative path → bytes of every file matching pattern below folder (for identity checks)."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob(pattern))}
+
+
+def import_peer(module: str) -> ModuleType:
+    """A test-only peer (requirements-test.txt): skipped where it is missing, unless the test set-up
+    installed the peers (tools/test.sh sets LMHPC_REQUIRE_PEERS=1), where a missing one fails."""
+    if os.environ.get("LMHPC_REQUIRE_PEERS") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module)

@@ -128,13 +128,14 @@ def special_tokens(proto: model_pb2.ModelProto) -> dict[str, Any]:
 
 def write_hf_tokenizer(model_path: Path, out_dir: Path, model_max_length: int = 1_000_000_000) -> list[Path]:
     """Write ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` beside the model
-    (``tokenizer_class`` LlamaTokenizerFast: ``AutoTokenizer.from_pretrained(out_dir)`` loads it)."""
+    (``tokenizer_class`` PreTrainedTokenizerFast: ``AutoTokenizer.from_pretrained(out_dir)`` runs ``tokenizer.json``
+    as written; transformers 5 rebuilds a LlamaTokenizerFast's pre-tokenizer and would split user tokens)."""
     proto = read_proto(model_path)
     out_dir = Path(out_dir)
     spec = proto.trainer_spec
     added = tokenizer_json(proto)["added_tokens"]
     config: dict[str, Any] = {
-        "tokenizer_class": "LlamaTokenizerFast",
+        "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": True,
         "add_eos_token": False,
         "add_prefix_space": None,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
-import os
 import random
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from curate_corpus import SENTENCES, prose, write_jsonl
@@ -20,16 +17,9 @@ from lmhpc.curate.filters.perplexity import PerplexityFilter
 from lmhpc.curate.filters.text import TextView
 from lmhpc.data.documents import Document
 from lmhpc.runner import run_stage
+from tests.helpers import import_peer
 
 GIBBERISH = "zq xv kkp lorp vvb qwz trs pl mmn zzk bq wx " * 4
-
-
-def import_peer(module: str) -> ModuleType:
-    """A test-only peer (requirements-test.txt): skipped where it is missing, unless the test set-up
-    installed the peers (tools/test.sh sets LMHPC_REQUIRE_PEERS=1), where a missing one fails."""
-    if os.environ.get("LMHPC_REQUIRE_PEERS") == "1":
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
 
 
 def test_ngram_model_by_hand(tmp_path: Path) -> None:

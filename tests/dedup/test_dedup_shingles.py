@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import os
-from types import ModuleType
-
 import numpy as np
 import pytest
 
@@ -13,14 +9,7 @@ from lmhpc.dedup.config import MinHashConfig, TextNormalization
 from lmhpc.dedup.normalize import _DIGIT_RUNS as _DIGITS
 from lmhpc.dedup.normalize import normalize_text
 from lmhpc.dedup.shingles import MULTIPLIERS, fmix64, shingle_hashes, word_hashes
-
-
-def import_peer(module: str) -> ModuleType:
-    """A test-only peer (requirements-test.txt): skipped where it is missing, unless the test set-up
-    installed the peers (tools/test.sh sets LMHPC_REQUIRE_PEERS=1), where a missing one fails."""
-    if os.environ.get("LMHPC_REQUIRE_PEERS") == "1":
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
+from tests.helpers import import_peer
 
 
 def reference_word_shingles(text: str, n: int) -> list[int]:

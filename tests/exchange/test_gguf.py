@@ -4,8 +4,6 @@ a wrong Q/K layout in our file shows: Q and K are scaled up ×15 in these models
 
 from __future__ import annotations
 
-import importlib
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -20,12 +18,11 @@ from lmhpc.exchange.load import build_model, read_weights
 from lmhpc.exchange.tokenizer import SentencePieceTokenizer
 from lmhpc.model.args import MoEArgs
 from tests.exchange.conftest import MIXED_TEXT, tiny_weights, token_batch
+from tests.helpers import import_peer
 
 
 def transformers() -> ModuleType:
-    if os.environ.get("LMHPC_REQUIRE_PEERS") == "1":
-        return importlib.import_module("transformers")
-    return pytest.importorskip("transformers")
+    return import_peer("transformers")
 
 
 def transformers_logits(path: Path, tokens: torch.Tensor) -> torch.Tensor:

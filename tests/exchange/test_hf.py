@@ -4,8 +4,6 @@ continuation; a wrong RoPE layout is visible (Q and K are scaled up ×15 in thes
 
 from __future__ import annotations
 
-import importlib
-import os
 from pathlib import Path
 from types import ModuleType
 
@@ -17,15 +15,13 @@ from lmhpc.exchange.hf import UnsupportedModel, from_hf_rotary, read_hf, to_hf_r
 from lmhpc.exchange.load import build_model
 from lmhpc.model.args import MoEArgs
 from tests.exchange.conftest import MIXED_TEXT, tiny_weights, token_batch
+from tests.helpers import import_peer
 
 TOLERANCE = 1e-4
 
 
 def transformers() -> ModuleType:
-    """The test-only peer: skipped where it is missing, unless the set-up installed the peers."""
-    if os.environ.get("LMHPC_REQUIRE_PEERS") == "1":
-        return importlib.import_module("transformers")
-    return pytest.importorskip("transformers")
+    return import_peer("transformers")
 
 
 def hf_logits(folder: Path, tokens: torch.Tensor) -> torch.Tensor:

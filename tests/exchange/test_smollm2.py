@@ -4,9 +4,7 @@ as transformers' GGUF tokenizer does, and models English text (perplexity well u
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import re
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +17,7 @@ from lmhpc.exchange.hf import write_hf
 from lmhpc.exchange.load import build_model, read_weights, weights_tokenizer
 from lmhpc.exchange.weights import ModelWeights
 from tests.exchange.conftest import MIXED_TEXT
+from tests.helpers import import_peer
 
 ENGLISH = ("The Apache License is a permissive free software license written by the Apache Software Foundation. "
            "It allows users to use the software for any purpose, to distribute it, to modify it, and to distribute "
@@ -26,9 +25,7 @@ ENGLISH = ("The Apache License is a permissive free software license written by 
 
 
 def transformers() -> ModuleType:
-    if os.environ.get("LMHPC_REQUIRE_PEERS") == "1":
-        return importlib.import_module("transformers")
-    return pytest.importorskip("transformers")
+    return import_peer("transformers")
 
 
 def perplexity(logits: torch.Tensor, ids: torch.Tensor) -> float:

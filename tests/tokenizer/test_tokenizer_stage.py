@@ -16,6 +16,7 @@ from lmhpc.config import load_config
 from lmhpc.data.documents import Document
 from lmhpc.runner import run_stage
 from lmhpc.tokenizer.hf_export import BYTE, CONTROL, NORMAL, USER_DEFINED, read_proto
+from tests.helpers import import_peer
 from tests.tokenizer.corpus import TOKENIZER_SECTION, config_data, write_config, write_dedup_output
 
 SPACE_SYMBOL = "\u2581"
@@ -109,11 +110,18 @@ def test_hugging_face_tokenizer_matches_on_arbitrary_text(sp, hf, parts):
 def test_hf_config_files(trained_run):
     folder = trained_run / "tokenizer"
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    assert config["tokenizer_class"] == "LlamaTokenizerFast"
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert (config["bos_token"], config["eos_token"], config["unk_token"], config["pad_token"]) == (
         "<s>", "</s>", "<unk>", "<pad>")
     special = json.loads((folder / "special_tokens_map.json").read_text())
     assert special["additional_special_tokens"] == ["<|endoftext|>"]
+
+
+def test_transformers_autotokenizer_encodes_as_sentencepiece(trained_run, sp):
+    transformers = import_peer("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(trained_run / "tokenizer"))
+    text = "<|im_start|>user\nHow are you?<|im_end|>\n  def f(x):\n    return 42"
+    assert tok.encode(text, add_special_tokens=False) == sp.encode(text)
 
 
 def test_megatron_loads_the_tokenizer(trained_run, sp):
