@@ -69,3 +69,9 @@ def test_demo_chain_on_a_slice_of_the_sample(tmp_path):
         assert row["tasks"][task]["items"] + sum(row["tasks"][task]["skipped"].values()) == 20
         assert row["tasks"][task]["items"] > 0
     assert "arc_easy acc_norm" in (run / "evaluate" / "results.md").read_text()
+    # the run's report, as tools/demo.sh writes it after the chain
+    report = subprocess.run([sys.executable, "-m", "lmhpc", "report", str(run)], capture_output=True, text=True,
+                            cwd=REPO, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    page = (run / "report" / "index.html").read_text()
+    assert "arc_easy" in page and "<script" not in page.split("</head>", 1)[1]
