@@ -114,12 +114,23 @@ def evaluate_model(cfg: EvaluateConfig, ref: ModelRef, items: dict[str, list], d
     """One row of the table: the model's perplexity per set and source, its task scores, harness scores.
     ``resolve`` turns config paths into files; the harness keeps its dataset cache in ``work_dir``."""
     from lmhpc.exchange import load_model
+    from lmhpc.infer.routing import no_token_dropping
 
     dtype = getattr(torch, cfg.dtype)
     started = time.perf_counter()
     loaded = load_model(ref.path, device=device, dtype=dtype, tokenizer=ref.tokenizer)
-    model, tokenizer = loaded.model, loaded.tokenizer
     load_s = time.perf_counter() - started
+    # scores must not depend on which items share a batch: MoE layers keep every token (no capacity limit)
+    with no_token_dropping(loaded.model):
+        row = _score_model(cfg, ref, loaded, items, data_dir, quarantine, device, resolve, work_dir)
+    row["load_seconds"] = round(load_s, 3)
+    return row
+
+
+def _score_model(cfg: EvaluateConfig, ref: ModelRef, loaded: Any, items: dict[str, list], data_dir: Path | None,
+                 quarantine: Quarantine, device: torch.device, resolve: Callable[[str], Path],
+                 work_dir: Path) -> dict[str, Any]:
+    model, tokenizer = loaded.model, loaded.tokenizer
     prefix_token = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     if prefix_token is None:
         raise ValueError(f"{ref.path}: the tokenizer has neither a BOS nor an EOS token to start a window with")
@@ -127,8 +138,7 @@ def evaluate_model(cfg: EvaluateConfig, ref: ModelRef, items: dict[str, list], d
     scorer = Scorer(model, device, max_len, cfg.batch_tokens)
     row: dict[str, Any] = {"name": ref.name, "source": str(ref.path), "params": sum(p.numel() for p in
                            {id(p): p for p in model.parameters()}.values()), "max_seq_len": max_len,
-                           "vocab_size": tokenizer.vocab_size, "load_seconds": round(load_s, 3),
-                           "perplexity": {}, "tasks": {}}
+                           "vocab_size": tokenizer.vocab_size, "perplexity": {}, "tasks": {}}
     window = min(cfg.perplexity.window or max_len, max_len)
     for set_name, docs in perplexity_documents(cfg, tokenizer, data_dir, quarantine, resolve).items():
         t0 = time.perf_counter()
@@ -160,7 +170,6 @@ def evaluate_model(cfg: EvaluateConfig, ref: ModelRef, items: dict[str, list], d
         adapter = LMHarnessModel(model, tokenizer, device, max_len, cfg.batch_tokens)
         row["harness"] = run_harness(adapter, cfg.harness, resolve, work_dir / "harness_cache")
     row["scorer"] = vars(scorer.counters)
-    del model, loaded
     return row
 
 
