@@ -1,7 +1,8 @@
 #!/bin/bash
 # The main job: set up .venv (first time only), then run the whole pipeline on the shipped sample
-# corpus with the local executor, on this machine's CPUs, and write the run's report
-# (runs/demo/report/index.html). Extra arguments go to `lmhpc run` (e.g. --stages curate).
+# corpus with the local executor, on this machine's CPUs; then write the run's report
+# (runs/demo/report/index.html), export the model (Hugging Face folder and Q8_0 GGUF under
+# runs/demo/export/) and generate a few tokens with it. Extra arguments go to `lmhpc run`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash env/setup_cpu.sh
@@ -9,4 +10,10 @@ bash env/setup_cpu.sh
 run_dir=$(.venv/bin/python -c 'import sys; from lmhpc.config import load_config; print(load_config(sys.argv[1], sys.argv[2:]).run_dir)' \
   configs/demo.yaml $(printf '%s\n' "$@" | grep '=' | grep -v '^--' || true))
 .venv/bin/lmhpc report "$run_dir"
-echo "[demo] report: $run_dir/report/index.html"
+# the trained model in the formats other tools read: transformers, llama.cpp
+if [ -d "$run_dir/pretrain/checkpoints" ]; then
+  .venv/bin/lmhpc export "$run_dir/pretrain" --format hf --out "$run_dir/export/hf" --overwrite
+  .venv/bin/lmhpc export "$run_dir/pretrain" --format gguf --gguf-type q8_0 --out "$run_dir/export" --overwrite
+  .venv/bin/lmhpc generate "$run_dir/pretrain" --prompt "The license" --max-new-tokens 24
+fi
+echo "[demo] report: $run_dir/report/index.html; exports: $run_dir/export/"
