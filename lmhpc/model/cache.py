@@ -103,6 +103,17 @@ class InferenceCache:
         """The chunk's slots are filled."""
         self.length += num_tokens
 
+    def truncate(self, length: int) -> None:
+        """Forget every slot from ``length`` on, as if only the first ``length`` had been filled (tokens that
+        speculative decoding did not keep). Attention layers only: a Mamba state cannot be rewound."""
+        if self.has_mamba:
+            raise ValueError("a cache with Mamba layers cannot be truncated (their state cannot be rewound)")
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a cache of {self.length} slots to {length}")
+        self.valid[:, length:] = False
+        self.next_position = self.valid[:, :length].long().sum(1)
+        self.length = length
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Store the chunk's keys/values (B, kv_heads, T, D) in layer ``layer``'s buffers and attend the
         queries (B, heads, T, D) to every slot so far."""
