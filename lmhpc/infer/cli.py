@@ -2,6 +2,9 @@
 
 MODEL is anything :func:`lmhpc.exchange.load_model` reads (a pretrain stage folder, a checkpoint step, a
 consolidated or Hugging Face folder, a .gguf file). Without ``--prompt`` the prompt is read from stdin.
+With ``--speculative DRAFT`` (a model with the same vocabulary) or ``--draft-layers N`` (the model's first N
+layers) decoding is speculative: same output distribution, greedy output identical; the acceptance rate and
+tokens/s go to stderr.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -33,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="take the tokenizer from this folder or file")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
+    draft = p.add_mutually_exclusive_group()
+    draft.add_argument("--speculative", metavar="DRAFT", default=None,
+                       help="speculative decoding with this draft model (same vocabulary)")
+    draft.add_argument("--draft-layers", type=int, default=None, metavar="N",
+                       help="speculative decoding with the model's first N layers as the draft")
+    p.add_argument("--num-draft", type=int, default=4, help="tokens the draft proposes per round (default 4)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per completion (text, token ids, finish reason, log-probs)")
     return p
@@ -55,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.chat and args.system is not None:
         prompts = [[{"role": "system", "content": args.system}, {"role": "user", "content": p}] for p in prompts]
-    generator = Generator(loaded.model, loaded.tokenizer)
+    common = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_k": args.top_k,
+              "top_p": args.top_p, "stop": args.stop, "seed": args.seed, "chat": args.chat, "add_bos": args.bos,
+              "logprobs": args.json}
     try:
-        completions = generator.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                         top_k=args.top_k, top_p=args.top_p,
-                                         repetition_penalty=args.repetition_penalty, stop=args.stop, seed=args.seed,
-                                         chat=args.chat, add_bos=args.bos, logprobs=args.json)
-    except ValueError as e:
+        if args.speculative is None and args.draft_layers is None:
+            completions = Generator(loaded.model, loaded.tokenizer).generate(
+                prompts, repetition_penalty=args.repetition_penalty, **common)
+        else:
+            completions = _speculative(args, loaded, prompts, common)
+    except (FileNotFoundError, ValueError) as e:
         print(f"lmhpc generate: {e}", file=sys.stderr)
         return 2
     for i, c in enumerate(completions):
@@ -73,3 +86,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- {i} ({c.finish_reason})")
             print(c.text)
     return 0
+
+
+def _speculative(args: argparse.Namespace, loaded: Any, prompts: list, common: dict[str, Any]) -> list:
+    """Completions by speculative decoding, its figures printed to stderr."""
+    import torch
+
+    from lmhpc.exchange import load_model
+    from lmhpc.infer.speculative import SpeculativeGenerator, truncated_draft
+
+    if args.repetition_penalty != 1.0:
+        raise ValueError("speculative decoding takes no --repetition-penalty")
+    if args.draft_layers is not None:
+        draft = truncated_draft(loaded.model, args.draft_layers)
+    else:
+        draft = load_model(args.speculative, device=args.device, dtype=getattr(torch, args.dtype)).model
+    spec = SpeculativeGenerator(loaded.model, draft, loaded.tokenizer, num_draft=args.num_draft)
+    completions = spec.generate(prompts, **common)
+    s = spec.last_stats
+    print(f"speculative: {s.accepted}/{s.proposed} drafts accepted ({100 * s.acceptance_rate:.0f}%), "
+          f"{s.tokens_per_round:.2f} tokens per target forward, {s.tokens_per_second:.1f} tokens/s", file=sys.stderr)
+    return completions

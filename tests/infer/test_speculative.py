@@ -9,6 +9,9 @@ import math
 import pytest
 import torch
 
+from lmhpc.cli import main
+from lmhpc.exchange.consolidated import write_consolidated
+from lmhpc.exchange.weights import ModelWeights, model_state, read_tokenizer_files
 from lmhpc.infer.generate import Generator
 from lmhpc.infer.sampling import SamplingParams
 from lmhpc.infer.speculative import SpeculativeGenerator, accept_drafts, probabilities, truncated_draft
@@ -178,3 +181,24 @@ def test_cache_truncate_forgets_slots(target):
     hybrid = InferenceCache(tiny_args(layer_pattern="MA"), 1, 8)
     with pytest.raises(ValueError, match="Mamba"):
         hybrid.truncate(0)
+
+
+def write_model(model, sp_tokenizer, folder):
+    weights = ModelWeights(model_state(model), model.args, read_tokenizer_files(sp_tokenizer.path.parent))
+    return str(write_consolidated(weights, folder))
+
+
+def test_generate_command_speculative(tmp_path, sp_tokenizer, target, capsys):
+    model = write_model(target, sp_tokenizer, tmp_path / "target")
+    draft = write_model(build(tiny_args(n_layers=1), seed=7), sp_tokenizer, tmp_path / "draft")
+    [want] = Generator(target, sp_tokenizer).generate(["the quick brown"], max_new_tokens=12)
+    for extra in (["--draft-layers", "1"], ["--speculative", draft, "--num-draft", "2"]):
+        assert main(["generate", model, "--prompt", "the quick brown", "--max-new-tokens", "12", *extra]) == 0
+        out = capsys.readouterr()
+        assert out.out == want.text + "\n"
+        assert "drafts accepted" in out.err and "tokens/s" in out.err
+    assert main(["generate", model, "--prompt", "a", "--draft-layers", "3"]) == 2
+    assert "draft layers" in capsys.readouterr().err
+    assert main(["generate", model, "--prompt", "a", "--speculative", str(tmp_path / "missing")]) == 2
+    assert main(["generate", model, "--prompt", "a", "--draft-layers", "1", "--repetition-penalty", "1.2"]) == 2
+    assert "repetition" in capsys.readouterr().err
