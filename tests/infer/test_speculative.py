@@ -202,3 +202,15 @@ def test_generate_command_speculative(tmp_path, sp_tokenizer, target, capsys):
     assert main(["generate", model, "--prompt", "a", "--speculative", str(tmp_path / "missing")]) == 2
     assert main(["generate", model, "--prompt", "a", "--draft-layers", "1", "--repetition-penalty", "1.2"]) == 2
     assert "repetition" in capsys.readouterr().err
+
+
+def test_a_seed_repeats_sampled_text(sp_tokenizer, target):
+    spec = SpeculativeGenerator(target, truncated_draft(target, 1), sp_tokenizer, num_draft=3)
+    kw = {"max_new_tokens": 16, "temperature": 0.9, "top_k": 30, "ignore_eos": True}
+    a, b, c = (spec.generate(PROMPTS, seed=s, **kw) for s in (3, 3, 4))
+    assert [x.token_ids for x in a] == [x.token_ids for x in b]
+    assert [x.token_ids for x in a] != [x.token_ids for x in c]
+    with pytest.raises(ValueError, match="num_draft"):
+        SpeculativeGenerator(target, target, sp_tokenizer, num_draft=0)
+    with pytest.raises(ValueError, match="vocabulary"):
+        SpeculativeGenerator(target, build(tiny_args(vocab_size=64)), sp_tokenizer)
