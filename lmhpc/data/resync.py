@@ -56,8 +56,12 @@ class Damage:
         return f"{self.error}; {where} {what}"
 
 
-def decode_events(path: Path, codec: str) -> Iterator[bytes | Damage]:
-    """The decompressed bytes of ``path`` (``codec`` ``"gz"``, ``"zst"`` or ``"none"``) with ``Damage`` events."""
+def decode_events(path: Path, codec: str, member_hold_bytes: int = 0) -> Iterator[bytes | Damage]:
+    """The decompressed bytes of ``path`` (``codec`` ``"gz"``, ``"zst"`` or ``"none"``) with ``Damage`` events.
+
+    ``member_hold_bytes``: each member's output is held back (up to this many bytes) until the member ends with
+    a valid checksum, so a member damaged near its end yields nothing rather than garbled bytes. WARC files,
+    one record per member, use it; a single-member ``.jsonl.gz`` of gigabytes cannot be held."""
     try:
         fh = open(path, "rb")
     except OSError as exc:
@@ -67,7 +71,7 @@ def decode_events(path: Path, codec: str) -> Iterator[bytes | Damage]:
         if codec == "none":
             yield from _plain(fh)
         else:
-            yield from _MemberReader(fh, codec).events()
+            yield from _MemberReader(fh, codec, member_hold_bytes).events()
 
 
 def _error(exc: BaseException) -> str:
@@ -153,8 +157,9 @@ class _MemberFailed(Exception):
 
 
 class _MemberReader:
-    def __init__(self, fh: BinaryIO, codec: str) -> None:
+    def __init__(self, fh: BinaryIO, codec: str, member_hold_bytes: int = 0) -> None:
         self.window = _Window(fh)
+        self.member_hold_bytes = member_hold_bytes
         self.codec = codec
         self.magic = _MAGIC[codec]
         self.decoded = 0
@@ -174,7 +179,8 @@ class _MemberReader:
                 if damage_at is None and self.window.get(pos, 1) == b"\0" and self.window.zeros_to_end(pos):
                     return
                 try:
-                    for out in self._member(pos, hold=damage_at is not None):
+                    hold = CONFIRM_BYTES if damage_at is not None else self.member_hold_bytes
+                    for out in self._member(pos, hold):
                         if damage_at is not None:
                             yield Damage(CORRUPT, damage_at, pos - damage_at, error, True)
                             damage_at = None
@@ -202,9 +208,10 @@ class _MemberReader:
                 reason = UNREADABLE_FILE if damage_at == 0 and not self.decoded else CORRUPT
             yield Damage(reason, damage_at, self.window.end - damage_at, error, False)
 
-    def _member(self, start: int, hold: bool) -> Iterator[bytes]:
-        """Decode the member at ``start``; ``self._end`` is where it ended. With ``hold``, its output comes only
-        once confirmed. Raises ``_MemberFailed``."""
+    def _member(self, start: int, hold: int) -> Iterator[bytes]:
+        """Decode the member at ``start``; ``self._end`` is where it ended. Its first ``hold`` bytes of output come
+        only once confirmed (that many decoded, or the member's end with a valid checksum). Raises
+        ``_MemberFailed``."""
         d = self._decompressor()
         pos, held, held_size = start, [], 0
         while True:
@@ -216,12 +223,12 @@ class _MemberReader:
             except _ERRORS as exc:
                 raise _MemberFailed(_error(exc), truncated=False) from exc
             if out:
-                if hold and held_size < CONFIRM_BYTES:
+                if held_size < hold:
                     held.append(out)
                     held_size += len(out)
                 else:
                     yield out
-            if hold and held and held_size >= CONFIRM_BYTES:
+            if held and held_size >= hold:
                 yield from held
                 held = []
             if d.eof:

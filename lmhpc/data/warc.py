@@ -30,6 +30,10 @@ from lmhpc.data.readers import (
 from lmhpc.data.resync import Damage, decode_events
 from lmhpc.data.writers import compression_for
 
+# a record's member is decoded whole before the parser sees it (a record is one gzip member): damage near the
+# end of a member then costs that record only, instead of garbling the parse of the records after it
+MEMBER_HOLD_BYTES = 64 << 20
+
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([^\s\"';]+)", re.IGNORECASE)
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
 _LMHPC_HEADER = "warc-lmhpc-"
@@ -106,7 +110,7 @@ def read_warc(ctx: InputFile) -> Iterator[Document]:
     """The documents of one WARC/WET file (see the module docstring)."""
     from warcio.archiveiterator import ArchiveIterator
 
-    stream = _EventStream(decode_events(ctx.path, compression_for(ctx.path)))
+    stream = _EventStream(decode_events(ctx.path, compression_for(ctx.path), member_hold_bytes=MEMBER_HOLD_BYTES))
     index = 0
     while True:
         start = stream.position
