@@ -184,7 +184,9 @@ def main() -> int:
                 rows[task] = {"lmhpc": mine, "lm_eval_hf": peer, "identical": same,
                               "ratio_vs_lm_eval_hf": mine["items_per_s"] / peer["items_per_s"],
                               "cpu_time_ratio_vs_lm_eval_hf": mine["items_per_cpu_s"] / peer["items_per_cpu_s"]}
-            report["models"][name] = {"source": str(path), "tasks": rows, "scorer": vars(ours.scorer.counters)}
+            source = Path(path).resolve()
+            source_text = str(source.relative_to(REPO)) if source.is_relative_to(REPO) else str(path)
+            report["models"][name] = {"source": source_text, "tasks": rows, "scorer": vars(ours.scorer.counters)}
             del harness, ours
     report["items"] = total_items
     report["lmhpc_items_per_s"] = total_items / total_ours if total_ours else None
