@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -64,10 +65,20 @@ class StageSpec:
         return importlib.import_module(self.module)
 
     def reads_for(self, cfg: RunConfig) -> tuple[str, ...]:
-        """The stages this stage reads under this config."""
+        """The stages this stage reads under this config: the section's ``stage_reads(default)`` or
+        ``stage_reads(default, root)`` narrows ``reads`` (it may only drop stages, never add one)."""
         section = cfg.section(self.name)
         narrow = getattr(section, "stage_reads", None)
-        return tuple(narrow(self.reads)) if callable(narrow) else self.reads
+        if not callable(narrow):
+            return self.reads
+        if len(inspect.signature(narrow).parameters) >= 2:
+            chosen = tuple(narrow(self.reads, cfg))
+        else:
+            chosen = tuple(narrow(self.reads))
+        extra = [s for s in chosen if s not in self.reads]
+        if extra:
+            raise RegistryError(f"stage '{self.name}': stage_reads added {extra}, which its spec does not read")
+        return chosen
 
     def run_preflight(self, cfg: RunConfig) -> list[str]:
         if not self.preflight:
@@ -163,6 +174,18 @@ def stage_order() -> tuple[str, ...]:
 def ordered(names: list[str]) -> list[str]:
     """The given stage names in chain order."""
     return [s for s in registry() if s in names]
+
+
+def in_run(names: tuple[str, ...], cfg: RunConfig) -> tuple[str, ...]:
+    """Those of ``names`` that the run chains (``run.stages``): for ``stage_reads`` of a stage whose inputs are
+    optional (evaluate scores every model stage the run has)."""
+    return tuple(n for n in names if n in cfg.run.stages)
+
+
+def last_in_run(candidates: tuple[str, ...], cfg: RunConfig) -> str | None:
+    """The latest (in chain order) of ``candidates`` that the run chains, or None."""
+    present = [n for n in stage_order() if n in candidates and n in cfg.run.stages]
+    return present[-1] if present else None
 
 
 def dependants(name: str, within: list[str] | None = None, cfg: RunConfig | None = None) -> list[str]:
