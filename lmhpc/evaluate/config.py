@@ -64,10 +64,11 @@ class HarnessConfig:
 class EvaluateConfig:
     """Evaluate stage: perplexity and multiple-choice scores of one or more models, in one table.
 
-    ``models`` empty: the pretrain stage of this run (its newest complete checkpoint, or every complete
-    checkpoint with ``all_checkpoints``) with the run's tokenizer. Otherwise each entry is anything
-    :func:`lmhpc.exchange.load_model` opens (a pretrain stage folder, a checkpoint step folder, a consolidated
-    folder, a Hugging Face Llama folder or a ``.gguf`` file) and the stage reads nothing from the run.
+    ``models`` empty: every model stage of this run (pretrain, sft, dpo, ...: the newest complete
+    checkpoint of each, or every complete checkpoint with ``all_checkpoints``) with the run's tokenizer.
+    Otherwise each entry is anything :func:`lmhpc.exchange.load_model` opens (a pretrain stage folder, a
+    checkpoint step folder, a consolidated folder, a Hugging Face Llama folder or a ``.gguf`` file)
+    and the stage reads nothing from the run.
     """
 
     models: list[str] = field(default_factory=list)
@@ -86,9 +87,18 @@ class EvaluateConfig:
 
     fingerprint_ignore: ClassVar[tuple[str, ...]] = ("batch_tokens", "device", "threads")
 
-    def stage_reads(self, default: tuple[str, ...]) -> tuple[str, ...]:
-        """The run's pretrain and tokenizer stages, or nothing when ``models`` names what to evaluate."""
-        return () if self.models else default
+    def stage_reads(self, default: tuple[str, ...], root: RunConfig) -> tuple[str, ...]:
+        """Nothing when ``models`` names what to evaluate; else the tokenizer and every model stage the run chains
+        (pretrain and the alignment stages after it), each scored in the same table."""
+        if self.models:
+            return ()
+        from lmhpc.context import DONE_MARKER
+        from lmhpc.stages import in_run
+
+        models = [s for s in in_run(default, root) if s != "tokenizer"]
+        if not models:  # a run that only evaluates: the model stages already complete in its folder
+            models = [s for s in default if s != "tokenizer" and (root.run_dir / s / DONE_MARKER).exists()]
+        return tuple(s for s in default if s == "tokenizer" or s in models)
 
     def validate(self, root: RunConfig) -> None:
         from lmhpc.evaluate.tasks import TASKS
@@ -118,4 +128,4 @@ class EvaluateConfig:
         if self.perplexity.window == 1:
             raise _error("evaluate.perplexity.window", "a window must hold at least 2 tokens")
         if self.all_checkpoints and self.models:
-            raise _error("evaluate.all_checkpoints", "applies to the run's pretrain stage, not to evaluate.models")
+            raise _error("evaluate.all_checkpoints", "applies to the run's model stages, not to evaluate.models")

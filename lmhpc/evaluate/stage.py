@@ -1,7 +1,8 @@
 """The evaluate stage: perplexity and multiple-choice scores of one or more models, in one table.
 
-For each model (by default the run's newest pretrain checkpoint, or each complete checkpoint; or the
-models named in ``evaluate.models``): perplexity per token and bits per byte on each held-out set, per source;
+For each model (by default the newest checkpoint of every model stage the run chains — pretrain, sft,
+dpo, ... — or each complete checkpoint; or the models named in ``evaluate.models``): perplexity per token
+and bits per byte on each held-out set, per source;
 the benchmark tasks scored as lm-evaluation-harness scores them; optionally harness tasks run by the harness
 itself through :class:`~lmhpc.evaluate.harness.LMHarnessModel`. Writes ``results.json`` and ``results.md`` and
 logs the table to W&B. Items that cannot be scored are counted in the stats by reason, never scored.
@@ -47,18 +48,25 @@ class ModelRef:
 
 
 def models_to_evaluate(ctx: StageContext, cfg: EvaluateConfig) -> list[ModelRef]:
-    """``evaluate.models``, else the run's pretrain stage: its newest complete checkpoint, or all of them."""
+    """``evaluate.models``, else every model stage the run chains (pretrain, then the alignment stages), in chain
+    order: each one's newest complete checkpoint, or all of them with ``all_checkpoints``."""
     if cfg.models:
         return [ModelRef(Path(m).name or m, ctx.cfg.path(m)) for m in cfg.models]
     from lmhpc.train.checkpoint import complete_steps
 
-    pretrain = ctx.stage_output("pretrain")
     tokenizer = ctx.stage_output("tokenizer")
-    steps = complete_steps(pretrain / "checkpoints")
-    if not steps:
-        raise FileNotFoundError(f"the pretrain stage {pretrain} has no complete checkpoint to evaluate")
-    chosen = steps if cfg.all_checkpoints else steps[-1:]
-    return [ModelRef(f"pretrain/step-{s}", pretrain / "checkpoints" / f"step-{s}", tokenizer) for s in chosen]
+    refs: list[ModelRef] = []
+    for stage in [s for s in ctx.inputs if s != "tokenizer"]:
+        folder = ctx.stage_output(stage)
+        steps = complete_steps(folder / "checkpoints")
+        if not steps:
+            raise FileNotFoundError(f"the {stage} stage {folder} has no complete checkpoint to evaluate")
+        chosen = steps if cfg.all_checkpoints else steps[-1:]
+        refs += [ModelRef(f"{stage}/step-{s}", folder / "checkpoints" / f"step-{s}", tokenizer) for s in chosen]
+    if not refs:
+        raise ValueError("evaluate: no model to evaluate: set evaluate.models, or chain a model stage "
+                         "(pretrain, sft, dpo, ...) before evaluate in run.stages")
+    return refs
 
 
 def pick_device(choice: str) -> torch.device:
