@@ -2,7 +2,8 @@
 
 Accepted: a pretrain stage folder (its newest complete checkpoint) or its ``checkpoints/`` folder, a DCP
 step folder, a consolidated folder (:mod:`lmhpc.exchange.consolidated`), a Hugging Face Llama folder
-(:mod:`lmhpc.exchange.hf`) and a ``.gguf`` file (:mod:`lmhpc.exchange.gguf_import`).
+(:mod:`lmhpc.exchange.hf`), a ``.gguf`` file (:mod:`lmhpc.exchange.gguf_import`) and, in :func:`load_model`, a
+packed quantized model (:mod:`lmhpc.quantize.packed`).
 """
 
 from __future__ import annotations
@@ -86,7 +87,12 @@ def weights_tokenizer(weights: ModelWeights) -> TextTokenizer:
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                tokenizer: str | Path | None = None) -> LoadedModel:
     """The model at ``path`` (any format :func:`read_weights` reads) on ``device`` in ``dtype``, in eval mode.
-    ``tokenizer``: a folder or file to take the tokenizer from instead of the model's own."""
+    ``tokenizer``: a folder or file to take the tokenizer from instead of the model's own. A packed quantized
+    model (:mod:`lmhpc.quantize.packed`) keeps its quantized layers (codes dequantized on the fly)."""
+    from lmhpc.quantize.packed import is_packed, load_folder
+
+    if is_packed(path):
+        return load_folder(path, device=device, dtype=dtype, tokenizer=tokenizer)
     weights = read_weights(path)
     model = build_model(weights).to(device=device)
     for param in model.parameters():  # parameters only: the rotary tables stay in float32
