@@ -1,0 +1,124 @@
+"""Configuration shared by every alignment stage: the training loop (:class:`AlignTrainConfig`) and LoRA
+(:class:`LoRAConfig`). A stage's config holds them as sections (``<stage>.train``, ``<stage>.lora``) and calls
+their ``validate_at(prefix, root, stage)`` from its own ``validate(root)``, so errors name the full key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from lmhpc.config import RunConfig
+
+LORA_TARGETS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3", "output")
+
+
+def _fail(key: str, message: str) -> None:
+    from lmhpc.config import ConfigError
+
+    raise ConfigError(key, message)
+
+
+@dataclass
+class AlignTrainConfig:
+    """The loop of an alignment stage: optimizer steps, AdamW with linear warmup then cosine (or constant)
+    decay, batch sizes, precision, checkpoints, data parallelism (FSDP2 over ``dp_shard`` ranks).
+
+    ``global_batch_size`` examples (sequences, pairs or prompts: the stage says which) make one optimizer
+    step; each rank runs ``global_batch_size / (micro_batch_size × dp)`` micro-batches of
+    ``micro_batch_size`` per step (gradient accumulation)."""
+
+    steps: int = 100
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # <= 0: no clipping
+    micro_batch_size: int = 4  # per data-parallel rank
+    global_batch_size: int = 8  # per optimizer step, all ranks
+    max_len: int = 512  # tokens per sequence (longer records are quarantined)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = -1  # -1: run.seed
+    checkpoint_interval: int = 50  # steps; 0: only on preemption and at the end
+    keep_last: int = 2
+    dp_shard: int = -1  # -1: the world size (FSDP2 over every rank when > 1)
+    log_every: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def world_size(self, root: RunConfig, stage: str) -> int:
+        res = root.resources_for(stage)
+        return res.tasks * res.nodes
+
+    def dp(self, world: int) -> int:
+        return world if self.dp_shard == -1 else self.dp_shard
+
+    def grad_accum(self, dp: int) -> int:
+        """Micro-batches per rank per optimizer step."""
+        return self.global_batch_size // (self.micro_batch_size * dp)
+
+    def validate_at(self, prefix: str, root: RunConfig, stage: str) -> None:
+        """Raise :class:`lmhpc.config.ConfigError` naming ``<prefix>.<key>`` for the first bad value."""
+        def fail(key: str, message: str) -> None:
+            _fail(f"{prefix}.{key}", message)
+
+        for key in ("steps", "micro_batch_size", "global_batch_size", "max_len", "keep_last", "log_every"):
+            if getattr(self, key) < 1:
+                fail(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            fail("lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            fail("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 <= self.warmup_steps <= self.steps:
+            fail("warmup_steps", f"must be in [0, steps={self.steps}], got {self.warmup_steps}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            fail("betas", f"two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0:
+            fail("weight_decay", f"must be >= 0, got {self.weight_decay}")
+        if self.checkpoint_interval < 0:
+            fail("checkpoint_interval", f"must be >= 0 (0: only on preemption and at the end), got "
+                 f"{self.checkpoint_interval}")
+        world = self.world_size(root, stage)
+        if self.dp_shard != -1 and self.dp_shard < 1:
+            fail("dp_shard", f"must be >= 1 or -1 (the world size), got {self.dp_shard}")
+        dp = self.dp(world)
+        if dp != world:
+            fail("dp_shard", f"{dp} ranks of data parallelism but resources.{stage} asks for {world} processes "
+                 "(alignment stages run FSDP2 over every rank: dp_shard = world size)")
+        if self.global_batch_size % (self.micro_batch_size * dp):
+            fail("global_batch_size", f"{self.global_batch_size} is not a multiple of micro_batch_size × dp = "
+                 f"{self.micro_batch_size} × {dp}")
+
+
+@dataclass
+class LoRAConfig:
+    """Low-rank adapters (``rank`` 0: full fine-tuning). Each target linear ``W`` computes
+    ``W x + (alpha / rank) · B A dropout(x)``; ``W`` is frozen, ``A`` (rank × in) and ``B`` (out × rank, zeros at
+    first) train. Saved models have ``B A`` merged into ``W``. ``targets``: module names (wq wk wv wo of attention,
+    w1 w2 w3 of the SwiGLU FFN, output)."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    def validate_at(self, prefix: str) -> None:
+        if self.rank < 0:
+            _fail(f"{prefix}.rank", f"must be >= 0 (0: full fine-tuning), got {self.rank}")
+        if not self.enabled:
+            return
+        if self.alpha <= 0:
+            _fail(f"{prefix}.alpha", f"must be > 0, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            _fail(f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            _fail(f"{prefix}.targets", f"name at least one module of {list(LORA_TARGETS)}")
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown:
+            _fail(f"{prefix}.targets", f"unknown modules {unknown}; choose from {list(LORA_TARGETS)}")
