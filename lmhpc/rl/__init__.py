@@ -1,0 +1,2 @@
+"""Reinforcement learning from rewards: the ``ppo`` and ``grpo`` stages, their rollouts, losses and verifiable
+reward functions."""
