@@ -63,10 +63,24 @@ class InferenceCache:
         self.token_mask: torch.Tensor | None = None
         self.attn_mask: torch.Tensor | None = None
         self.is_causal = False
+        self.pending_tree: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_tree(self, ancestors: torch.Tensor, depths: torch.Tensor) -> None:
+        """The next chunk is a tree of candidate continuations (all tokens real): ``ancestors`` (T, T) bool,
+        true where token j is token i's ancestor or i itself, and ``depths`` (T,) each token's distance from
+        the tree's root. In that chunk a token sees the cached slots and its ancestors, at position (next
+        position + depth); :meth:`keep` afterwards holds on to one path of it."""
+        self.pending_tree = (ancestors, depths)
 
     def begin(self, num_tokens: int, token_mask: torch.Tensor | None) -> torch.Tensor:
         """Take the next ``num_tokens`` slots for a chunk whose real tokens are ``token_mask`` (B, T) (None:
         all real); return each token's position (B, T) and prepare the chunk's attention mask."""
+        if self.pending_tree is not None:
+            tree, self.pending_tree = self.pending_tree, None
+            if tree[0].shape != (num_tokens, num_tokens) or token_mask is not None:
+                raise ValueError(f"a tree chunk of {num_tokens} real tokens needs ({num_tokens}, {num_tokens}) "
+                                 f"ancestors, got {tuple(tree[0].shape)}")
+            return self._begin_tree(num_tokens, *tree)
         start, end = self.length, self.length + num_tokens
         if end > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} slots; {end} needed")
@@ -98,6 +112,41 @@ class InferenceCache:
             allowed = (self.valid[:, None, :end] & causal) | (key_slot == query_slot)
             self.attn_mask = allowed[:, None]  # (B, 1, T, end)
         return positions
+
+    def _begin_tree(self, num_tokens: int, ancestors: torch.Tensor, depths: torch.Tensor) -> torch.Tensor:
+        start, end = self.length, self.length + num_tokens
+        if end > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} slots; {end} needed")
+        if self.has_mamba:
+            raise ValueError("tree attention needs attention-only models (a Mamba state follows one sequence)")
+        device = self.valid.device
+        self.valid[:, start:end] = True
+        positions = self.next_position[:, None] + depths.to(device)[None]
+        if int(positions.max()) >= self.max_positions:
+            raise ValueError(f"a row reaches position {int(positions.max())}; the model's rotary tables end at "
+                             f"{self.max_positions - 1} (model max_seq_len)")
+        allowed = torch.zeros(self.batch, num_tokens, end, dtype=torch.bool, device=device)
+        allowed[:, :, :start] = self.valid[:, None, :start]
+        allowed[:, :, start:] = ancestors.to(device)[None]
+        self.start, self.token_mask, self.is_causal = start, None, False
+        self.attn_mask = allowed[:, None]
+        return positions
+
+    def keep(self, start: int, chosen: list[int]) -> None:
+        """After a tree chunk that began at slot ``start``: keep its tokens ``chosen`` (indices in the chunk,
+        a path from the root, in order) as the next slots, and forget the rest of the chunk."""
+        if not chosen or chosen != sorted(set(chosen)):
+            raise ValueError(f"the kept tokens must be increasing chunk indices, got {chosen}")
+        index = torch.tensor(chosen, device=self.valid.device) + start
+        if chosen != list(range(len(chosen))):
+            for entry in self.layers.values():
+                assert isinstance(entry, AttentionCache)
+                for buf in (entry.k, entry.v):
+                    buf[:, :, start:start + len(chosen)] = buf[:, :, index]
+        self.valid[:, start + len(chosen):] = False
+        self.valid[:, start:start + len(chosen)] = True
+        self.length = start + len(chosen)
+        self.next_position = self.valid[:, :self.length].long().sum(1)
 
     def end(self, num_tokens: int) -> None:
         """The chunk's slots are filled."""
@@ -135,19 +184,21 @@ class InferenceCache:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """One query per row (B, heads, 1, D) against the cached keys/values (B, kv_heads, S, D), in float32.
+    """A few queries per row (B, heads, T, D) against the cached keys/values (B, kv_heads, S, D), in float32;
+    ``mask`` (B, 1, T, S) or None (every slot visible).
 
     The query heads that share a KV head go in one matmul against it (no copy of K/V per query head). On
     CPU this beats ``scaled_dot_product_attention``, whose kernel is tuned for long queries, several times
     over in bfloat16 (and is no slower in float32)."""
-    bsz, heads, _, dim = q.shape
+    bsz, heads, length, dim = q.shape
     kv_heads = k.shape[1]
-    grouped = q.reshape(bsz, kv_heads, heads // kv_heads, dim).float()
-    scores = grouped @ k.float().transpose(-1, -2) * dim**-0.5  # (B, kv_heads, group, S)
+    grouped = q.reshape(bsz, kv_heads, (heads // kv_heads) * length, dim).float()
+    scores = grouped @ k.float().transpose(-1, -2) * dim**-0.5  # (B, kv_heads, group × T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))  # mask (B, 1, 1, S)
+        scores = scores.unflatten(2, (heads // kv_heads, length)).masked_fill(~mask[:, :, None], float("-inf"))
+        scores = scores.flatten(2, 3)
     out = scores.softmax(dim=-1) @ v.float()
-    return out.to(q.dtype).reshape(bsz, heads, 1, dim)
+    return out.to(q.dtype).reshape(bsz, heads, length, dim)
 
 
 def mamba_cached(mixer: MambaMixer, u: torch.Tensor, state: MambaState,
