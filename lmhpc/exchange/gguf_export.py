@@ -1,9 +1,12 @@
-"""Export to GGUF (llama.cpp's format, ``llama`` architecture) with the ``gguf`` package: F32, F16 or Q8_0.
+"""Export to GGUF (llama.cpp's format, ``llama`` architecture) with the ``gguf`` package: F32, F16, Q8_0 or Q4_0.
 
 Our RoPE rotates adjacent channel pairs, as llama.cpp's normal RoPE does, so Q and K are written as they
 are (llama.cpp's own Hugging Face converter permutes them into this layout). Norm gains stay F32 (llama.cpp
-keeps 1-D tensors in F32); under Q8_0 a matrix whose rows are not a multiple of the 32-value block is
-written F16. MoE models use llama.cpp's Mixtral layout (``ffn_gate_inp`` and stacked ``*_exps``
+keeps 1-D tensors in F32); under Q8_0 or Q4_0 a matrix whose rows are not a multiple of the 32-value block is
+written F16. Q8_0 blocks come from ``gguf.quants``; Q4_0 blocks from :func:`q4_0_blocks`, our own port of
+ggml's ``quantize_row_q4_0_ref`` (bit-identical to ``gguf.quants``; tests check both ways). Q4_K is not
+written: gguf 0.19 only dequantizes K-quants (its ``quantize`` raises NotImplementedError for them).
+MoE models use llama.cpp's Mixtral layout (``ffn_gate_inp`` and stacked ``*_exps``
 tensors); μP's logit scale is folded into ``output`` (written untied). Mamba layers are refused.
 """
 
@@ -26,7 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
+QK4_0 = 32  # values per Q4_0 block: an fp16 scale and 16 bytes of 4-bit codes (18 bytes)
 ARCH = "llama"
 
 
@@ -73,7 +77,7 @@ def _add_metadata(w: GGUFWriter, weights: ModelWeights, name: str, qtype: str) -
         w.add_expert_count(a.moe.num_experts)
         w.add_expert_used_count(a.moe.top_k)
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[qtype]
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[qtype]
     w.add_file_type(int(file_type))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
@@ -99,6 +103,29 @@ def _add_vocab(w: GGUFWriter, vocab: GGUFVocab) -> None:
         w.add_chat_template(vocab.chat_template)
 
 
+def q4_0_blocks(t: torch.Tensor) -> np.ndarray:
+    """Q4_0 bytes of a (rows, cols) matrix, cols a multiple of 32: per block of 32 values ``d = m / -8`` (``m`` the
+    value of largest magnitude, stored fp16) and codes ``min(15, trunc(x / d + 8.5))``, the first 16 in the low
+    nibbles, the last 16 in the high nibbles. Shape (rows, cols / 32 * 18), uint8."""
+    x = t.detach().to(torch.float32).reshape(t.shape[0], -1, QK4_0)
+    imax = x.abs().argmax(dim=-1, keepdim=True)
+    d = torch.gather(x, -1, imax) / -8
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    q = torch.trunc(x * inv + 8.5).clamp(0, 15).to(torch.uint8)
+    packed = q[..., :QK4_0 // 2] | (q[..., QK4_0 // 2:] << 4)
+    scale = d.to(torch.float16).numpy().view(np.uint8)
+    return np.concatenate([scale, packed.numpy()], axis=-1).reshape(t.shape[0], -1)
+
+
+def q4_0_dequantize(blocks: np.ndarray) -> torch.Tensor:
+    """The float32 matrix of Q4_0 bytes (rows, blocks * 18): ``d * (code - 8)``."""
+    b = torch.from_numpy(np.ascontiguousarray(blocks).reshape(blocks.shape[0], -1, 18))
+    d = b[..., :2].contiguous().view(torch.float16).to(torch.float32)
+    qs = b[..., 2:]
+    codes = torch.cat([qs & 0xF, qs >> 4], dim=-1).to(torch.float32) - 8
+    return (d * codes).reshape(blocks.shape[0], -1)
+
+
 def _encode(t: torch.Tensor, qtype: str) -> tuple[np.ndarray, object | None]:
     """The array to write and its raw GGML type (None: the writer's type for the array's dtype)."""
     import gguf
@@ -108,11 +135,15 @@ def _encode(t: torch.Tensor, qtype: str) -> tuple[np.ndarray, object | None]:
         return data, None
     if qtype == "q8_0" and data.shape[-1] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0] == 0:
         return gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    if qtype == "q4_0" and data.shape[-1] % QK4_0 == 0:
+        rows = t.detach().reshape(-1, t.shape[-1])
+        blocks = q4_0_blocks(rows).reshape(*data.shape[:-1], -1)
+        return blocks, gguf.GGMLQuantizationType.Q4_0
     return data.astype(np.float16), None
 
 
 def write_gguf(weights: ModelWeights, out: Path, qtype: str = "f16", name: str | None = None) -> Path:
-    """Write ``weights`` as a GGUF file ``out`` (atomically) with matrices in ``qtype`` (f32, f16, q8_0)."""
+    """Write ``weights`` as a GGUF file ``out`` (atomically) with matrices in ``qtype`` (f32, f16, q8_0, q4_0)."""
     import gguf
 
     if qtype not in GGUF_TYPES:

@@ -168,3 +168,48 @@ def test_mamba_layers_are_refused(tmp_path: Path, sp_tokenizer: Path) -> None:
     with pytest.raises(UnsupportedModel, match="Mamba"):
         write_gguf(weights, tmp_path / "model.gguf")
     assert not (tmp_path / "model.gguf").exists()
+
+
+def test_q4_0_blocks_equal_ggml_and_gguf_dequantizes_ours() -> None:
+    """Our Q4_0 blocks are gguf-py's (a port of ggml's reference quantizer) byte for byte, and gguf's
+    dequantization of our bytes equals ours."""
+    import gguf
+    import numpy as np
+
+    from lmhpc.exchange.gguf_export import q4_0_blocks, q4_0_dequantize
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 128, generator=g) * 0.05
+    w[3, :32] = 0.0  # an all-zero block: d = 0, every code 8
+    w[5, 7] = -0.9  # a block whose largest magnitude is negative
+    ours = q4_0_blocks(w)
+    assert ours.shape == (48, 128 // 32 * 18) and ours.dtype == np.uint8
+    assert np.array_equal(ours, gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0))
+    theirs = torch.from_numpy(gguf.quants.dequantize(ours, gguf.GGMLQuantizationType.Q4_0))
+    assert torch.equal(q4_0_dequantize(ours), theirs)
+    # within a step of the block's scale; the largest magnitude of each block is exact (code 0 = -8 d)
+    d = w.reshape(48, 4, 32).abs().amax(-1, keepdim=True) / 8
+    assert bool(((theirs - w).reshape(48, 4, 32).abs() <= d + 1e-3 * d + 1e-8).all())
+
+
+def test_q4_0_file_loads_and_scores_close_to_the_float_model(tmp_path: Path, sp_tokenizer: Path) -> None:
+    import gguf
+
+    from lmhpc.exchange.weights import ModelWeights, model_state, read_tokenizer_files
+
+    model = trained_tiny_model()
+    weights = ModelWeights(model_state(model), model.args, read_tokenizer_files(sp_tokenizer))
+    path = write_gguf(weights, tmp_path / "model-q4_0.gguf", "q4_0")
+    reader = gguf.GGUFReader(path)
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q4_0
+    assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    assert gguf_fields(path)["general.file_type"] == int(gguf.LlamaFileType.MOSTLY_Q4_0)
+    loaded = load_model(path)
+    x = model.chains(16, 32)
+    with torch.no_grad():
+        ours, back = model(x), loaded.model(x)
+    nll = [torch.nn.functional.cross_entropy(lg[:, :-1].flatten(0, 1), x[:, 1:].flatten()).item()
+           for lg in (ours, back)]
+    assert nll[1] < nll[0] + 0.25, nll
+    assert (ours.argmax(-1) == back.argmax(-1)).float().mean().item() >= 0.95
