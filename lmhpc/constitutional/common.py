@@ -49,6 +49,18 @@ def frozen_prompts(ctx: StageContext, build: Callable[[Quarantine], tuple[list[s
     return [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def shown_paths(ctx: StageContext, paths: list[Path]) -> list[str]:
+    """Paths as the selection record shows them: relative to the run folder when inside it (a copied run reads
+    the same)."""
+    out = []
+    for path in paths:
+        try:
+            out.append(str(Path(path).resolve().relative_to(ctx.run_dir.resolve())))
+        except ValueError:
+            out.append(str(path))
+    return out
+
+
 def selection_record(ctx: StageContext) -> dict[str, Any]:
     return read_json(ctx.stage_dir / SELECTION_FILE, {}) or {}
 

@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from lmhpc.config import ConfigError
-from lmhpc.constitutional.choice import question, question_length, score_questions
+from lmhpc.constitutional.choice import ScoredQuestion, question, question_length, score_questions
 from lmhpc.constitutional.common import (
     PROMPTS_FILE,
     QUARANTINE_DIR,
@@ -36,6 +36,7 @@ from lmhpc.constitutional.common import (
     normalized,
     sampled_principle,
     selection_record,
+    shown_paths,
     write_jsonl,
 )
 from lmhpc.constitutional.config import FEEDBACK_MODELS, AIFeedbackConfig
@@ -72,7 +73,7 @@ def prompts(ctx: StageContext) -> list[str]:
     def build(quarantine: Quarantine) -> tuple[list[str], dict[str, Any]]:
         found = read_prompts(paths, key, "ai_feedback.prompts", quarantine)
         return (select_prompts(found, ctx.cfg.run.seed, cfg.max_prompts, ctx.stage),
-                {"files": [str(p) for p in paths], "usable_prompts": len(found)})
+                {"files": shown_paths(ctx, paths), "usable_prompts": len(found)})
 
     return frozen_prompts(ctx, build)
 
@@ -86,7 +87,7 @@ def preflight(cfg: Any) -> list[str]:
         if section.prompts:
             read_prompts(prompt_paths(section.prompts, cfg.path), section.prompt_key, "ai_feedback.prompts", None)
     except ConfigError as e:
-        return [str(e)]
+        return [f"{e.key}: {str(e).split(': ', 1)[1]}"]
     return []
 
 
@@ -152,17 +153,23 @@ def process_unit(ctx: StageContext, index: int, unit: str) -> dict[str, Any]:
     scored = score_questions(loaded.model, loaded.tokenizer, contexts, cfg.add_bos, cfg.judge_chat,
                              cfg.score_batch_size)
     for k, row in enumerate(judged):
-        ab, ba = scored[2 * k], scored[2 * k + 1]
-        p1 = (ab.p_a + ba.p_b) / 2  # answer 1 is (A) in the first order, (B) in the second
-        row["orders"] = {"ab": {"logprob_A": ab.logprob_a, "logprob_B": ab.logprob_b, "p_A": ab.p_a, "p_B": ab.p_b},
-                         "ba": {"logprob_A": ba.logprob_a, "logprob_B": ba.logprob_b, "p_A": ba.p_a, "p_B": ba.p_b}}
-        row["p_answer_1"] = p1
-        if abs(p1 - 0.5) <= cfg.tie_margin:
-            row["status"] = "tie"
-        else:
-            row["label"] = "answer_1" if p1 > 0.5 else "answer_2"
+        label_row(row, scored[2 * k], scored[2 * k + 1], cfg.tie_margin)
     seconds = time.perf_counter() - started
     return _write_chunk(ctx, index, rows, judged, tokens, generation_s, seconds)
+
+
+def label_row(row: dict[str, Any], ab: ScoredQuestion, ba: ScoredQuestion, tie_margin: float) -> None:
+    """Record both orders' scores in ``row`` and label it: answer 1 is (A) in the first order (``ab``) and (B) in
+    the second (``ba``); its probability of being better is the mean of the two, which cancels a preference for a
+    position. Within ``tie_margin`` of 0.5 the row is a tie."""
+    row["orders"] = {"ab": {"logprob_A": ab.logprob_a, "logprob_B": ab.logprob_b, "p_A": ab.p_a, "p_B": ab.p_b},
+                     "ba": {"logprob_A": ba.logprob_a, "logprob_B": ba.logprob_b, "p_A": ba.p_a, "p_B": ba.p_b}}
+    p1 = (ab.p_a + ba.p_b) / 2
+    row["p_answer_1"] = p1
+    if abs(p1 - 0.5) <= tie_margin:
+        row["status"], row["label"] = "tie", None
+    else:
+        row["label"] = "answer_1" if p1 > 0.5 else "answer_2"
 
 
 def pair_record(row: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from lmhpc.constitutional.common import (
     normalized,
     sampled_principle,
     selection_record,
+    shown_paths,
     write_jsonl,
 )
 from lmhpc.constitutional.config import CONSTITUTIONAL_MODELS, ConstitutionalConfig
@@ -71,7 +72,7 @@ def prompts(ctx: StageContext) -> list[str]:
     def build(quarantine: Quarantine) -> tuple[list[str], dict[str, Any]]:
         found = read_prompts(paths, cfg.prompt_key, "constitutional.prompts", quarantine)
         return (select_prompts(found, ctx.cfg.run.seed, cfg.max_prompts, ctx.stage),
-                {"files": [str(p) for p in paths], "usable_prompts": len(found)})
+                {"files": shown_paths(ctx, paths), "usable_prompts": len(found)})
 
     return frozen_prompts(ctx, build)
 
@@ -86,7 +87,7 @@ def preflight(cfg: Any) -> list[str]:
         constitution.select(section.principles, "constitutional.principles")
         read_prompts(prompt_paths(section.prompts, cfg.path), section.prompt_key, "constitutional.prompts", None)
     except ConfigError as e:
-        problems.append(str(e))
+        problems.append(f"{e.key}: {str(e).split(': ', 1)[1]}")
     return problems
 
 

@@ -4,26 +4,35 @@ prompts taken from the constitutional stage, degenerate pairs quarantined by rea
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 
 import pytest
 
+from lmhpc.constitutional import feedback
 from lmhpc.constitutional.constitution import SHIPPED_PROMPTS
+from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
 from lmhpc.runner import run_stage
-from tests.constitutional.conftest import save_model, successor_model, write_run_config
+from tests.constitutional.conftest import save_model, stage_files, successor_model, write_run_config
 
 pytestmark = pytest.mark.slow
 
 PAIR_KEYS = {"prompt", "chosen", "rejected", "principle", "p_chosen", "probabilities"}
 
 
+def chain_sections(model_dir) -> dict:
+    return {"constitutional": {"init_from": str(model_dir), "max_prompts": 8, "chunk_size": 4, "rounds": 1,
+                                   "sampling": {"max_new_tokens": 8}},
+                "ai_feedback": {"init_from": str(model_dir), "chunk_size": 3, "sampling": {"max_new_tokens": 10},
+                                "principles": ["harm", "honesty", "privacy"]}}
+
+
 @pytest.fixture(scope="module")
 def chained(tmp_path_factory, model_dir):
     """constitutional, then ai_feedback on the prompts it chose."""
     base = tmp_path_factory.mktemp("aif")
-    sections = {"constitutional": {"init_from": str(model_dir), "max_prompts": 8, "chunk_size": 4, "rounds": 1,
-                                   "sampling": {"max_new_tokens": 8}},
-                "ai_feedback": {"init_from": str(model_dir), "chunk_size": 3, "sampling": {"max_new_tokens": 10},
-                                "principles": ["harm", "honesty", "privacy"]}}
+    sections = chain_sections(model_dir)
     cfg = write_run_config(base, "chain", ["constitutional", "ai_feedback"], sections)
     assert run_stage(cfg, "constitutional") == 0
     assert run_stage(cfg, "ai_feedback") == 0
@@ -87,3 +96,24 @@ def test_a_wide_tie_margin_quarantines_every_pair_as_a_tie(tmp_path, model_dir):
     assert run_stage(cfg, "ai_feedback") == 0
     stats = json.loads((cfg.run_dir / "ai_feedback" / "stats.json").read_text())
     assert stats["quarantined_by_reason"] == {"tie": 4}
+
+
+def test_same_seed_same_files_and_resume_after_preemption(chained, tmp_path, model_dir, monkeypatch):
+    """The same config in another folder gives the same files; a run preempted after its first unit resumes to
+    them too."""
+    cfg = write_run_config(tmp_path, "chain", ["constitutional", "ai_feedback"], chain_sections(model_dir))
+    shutil.copytree(chained.run_dir / "constitutional", cfg.run_dir / "constitutional")
+    real = feedback.process_unit
+
+    def signal_after_first_unit(ctx, index, unit):
+        out = real(ctx, index, unit)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return out
+
+    monkeypatch.setattr(feedback, "process_unit", signal_after_first_unit)
+    assert run_stage(cfg, "ai_feedback") == REQUEUE_EXIT_CODE
+    stage = cfg.run_dir / "ai_feedback"
+    assert sorted(p.name for p in (stage / "_units").iterdir()) == ["000000.json"] and not (stage / "DONE").exists()
+    monkeypatch.setattr(feedback, "process_unit", real)
+    assert run_stage(cfg, "ai_feedback") == 0
+    assert stage_files(stage) == stage_files(chained.run_dir / "ai_feedback")
