@@ -160,6 +160,24 @@ def reduce_policy_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_ty
     return loss / accumulation_steps
 
 
+def policy_loss_parts(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: LossType,
+                      max_completion_length: int) -> tuple[torch.Tensor, float]:
+    """(sum, normaliser) of one micro-batch such that Σ sums / Σ normalisers over the micro-batches (and ranks)
+    of an optimizer step is :func:`reduce_policy_loss`'s step loss for equal micro-batches: ``grpo`` sums the
+    sequences' token means over sequences; ``bnpo`` counts the micro-batch's token mean once; ``dr_grpo`` sums
+    tokens / ``max_completion_length`` over sequences; ``dapo`` sums tokens over tokens."""
+    rows = float(per_token_loss.size(0))
+    if loss_type == "grpo":
+        return ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).sum(), rows
+    if loss_type == "bnpo":
+        return (per_token_loss * mask).sum() / mask.sum().clamp(min=1.0), 1.0
+    if loss_type == "dr_grpo":
+        return (per_token_loss * mask).sum() / max_completion_length, rows
+    if loss_type == "dapo":
+        return (per_token_loss * mask).sum(), float(mask.sum())
+    raise ValueError(f"unknown loss_type {loss_type!r}: grpo, bnpo, dr_grpo or dapo")
+
+
 def clip_metrics(ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, epsilon_low: float,
                  epsilon_high: float) -> dict[str, float]:
     """TRL's ``clip_ratio/*``: the share of tokens whose ratio the clip held back below (negative advantage)

@@ -71,8 +71,9 @@ def generate(kinds: Iterable[str], count: int, seed: int, max_operand: int = 20,
     return records
 
 
-def read_records(path: Path, quarantine: Quarantine) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a jsonl file; lines that are not one are quarantined (``not_json``)."""
+def read_records(path: Path, quarantine: Quarantine | None, counts: dict[str, int]) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a jsonl file; lines that are not one are counted in ``counts`` and quarantined
+    (``not_json``)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -80,36 +81,45 @@ def read_records(path: Path, quarantine: Quarantine) -> Iterator[dict[str, Any]]
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                quarantine.add("not_json", f"{path}:{number}", line, str(e))
-                continue
+                record = e
             if not isinstance(record, dict):
-                quarantine.add("not_json", f"{path}:{number}", line, "not a JSON object")
+                counts["not_json"] = counts.get("not_json", 0) + 1
+                if quarantine is not None:
+                    quarantine.add("not_json", f"{path}:{number}", line, str(record))
                 continue
             record.setdefault("id", f"{path.stem}-{number}")
             yield record
 
 
-def check_records(records: Iterable[dict[str, Any]], quarantine: Quarantine, length: Callable[[str], int],
-                  max_tokens: int) -> list[dict[str, Any]]:
+def check_records(records: Iterable[dict[str, Any]], quarantine: Quarantine | None, length: Callable[[str], int],
+                  max_tokens: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The usable records; each other one is quarantined with its reason: ``missing_field`` (no prompt or answer,
     or not text), ``empty_prompt``, ``empty_answer``, ``duplicate_id``, ``too_long`` (``length(prompt + answer)``
-    tokens above ``max_tokens``)."""
+    tokens above ``max_tokens``). Returns the kept records and the counts by reason (``quarantine`` None: only
+    counted, as on the ranks that do not write the file)."""
     kept, seen = [], set()
+    counts: dict[str, int] = {}
+
+    def bad(reason: str, where: str, raw: str, detail: str = "") -> None:
+        counts[reason] = counts.get(reason, 0) + 1
+        if quarantine is not None:
+            quarantine.add(reason, where, raw, detail)
+
     for record in records:
         where = str(record.get("id"))
         raw = json.dumps(record, ensure_ascii=False)
         prompt, answer = record.get("prompt"), record.get("answer")
         if not isinstance(prompt, str) or not isinstance(answer, str):
-            quarantine.add("missing_field", where, raw, "needs text fields 'prompt' and 'answer'")
+            bad("missing_field", where, raw, "needs text fields 'prompt' and 'answer'")
         elif not prompt.strip():
-            quarantine.add("empty_prompt", where, raw)
+            bad("empty_prompt", where, raw)
         elif not answer.strip():
-            quarantine.add("empty_answer", where, raw)
+            bad("empty_answer", where, raw)
         elif where in seen:
-            quarantine.add("duplicate_id", where, raw)
+            bad("duplicate_id", where, raw)
         elif length(prompt + answer) > max_tokens:
-            quarantine.add("too_long", where, raw, f"{length(prompt + answer)} tokens > {max_tokens}")
+            bad("too_long", where, raw, f"{length(prompt + answer)} tokens > {max_tokens}")
         else:
             seen.add(where)
             kept.append({**record, "task": record.get("task") or "custom"})
-    return kept
+    return kept, counts

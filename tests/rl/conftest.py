@@ -51,3 +51,18 @@ def char_tokenizer_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def char_tokenizer(char_tokenizer_dir) -> SentencePieceTokenizer:
     return SentencePieceTokenizer(char_tokenizer_dir / "tokenizer.model")
+
+
+def write_policy(folder: Path, tokenizer_dir: Path, seed: int = 0, **kw) -> Path:
+    """A random tiny policy as a consolidated folder (what ``init_from`` opens), with its tokenizer."""
+    from lmhpc.exchange.consolidated import write_consolidated
+    from lmhpc.exchange.weights import ModelWeights, model_state, read_tokenizer_files
+
+    model = tiny_policy(36, seed=seed, **kw)
+    return write_consolidated(ModelWeights(model_state(model), model.args, read_tokenizer_files(tokenizer_dir)),
+                              folder)
+
+
+@pytest.fixture(scope="session")
+def policy_source(tmp_path_factory, char_tokenizer_dir) -> Path:
+    return write_policy(tmp_path_factory.mktemp("rl-policy") / "model", char_tokenizer_dir)

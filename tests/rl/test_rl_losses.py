@@ -14,6 +14,7 @@ from lmhpc.rl.losses import (
     gae,
     group_advantages,
     kl_estimate,
+    policy_loss_parts,
     ppo_policy_loss,
     ppo_value_loss,
     reduce_policy_loss,
@@ -148,3 +149,15 @@ def test_whiten_and_adaptive_kl():
     assert ctl.update(5.4, 100) == pytest.approx(0.1 * 1.02 * (1 - 0.1 * 0.1))
     fixed = AdaptiveKLController(0.1)
     assert fixed.update(50.0, 100) == 0.1
+
+
+def test_loss_parts_over_micro_batches_give_the_step_loss():
+    torch.manual_seed(0)
+    loss = torch.randn(4, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.float32)
+    for loss_type in ("grpo", "bnpo", "dr_grpo", "dapo"):
+        parts = [policy_loss_parts(loss[i:i + 2], mask[i:i + 2], loss_type, 5) for i in (0, 2)]
+        ours = sum(p[0] for p in parts) / sum(p[1] for p in parts)
+        trl = sum(reduce_policy_loss(loss[i:i + 2], mask[i:i + 2], loss_type, 5, accumulation_steps=2,
+                                     generation_tokens=mask.sum()) for i in (0, 2))
+        assert ours.item() == pytest.approx(trl.item(), rel=1e-6), loss_type
