@@ -4,8 +4,10 @@ their ``validate_at(prefix, root, stage)`` from its own ``validate(root)``, so e
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 if TYPE_CHECKING:
     from lmhpc.config import RunConfig
@@ -122,3 +124,68 @@ class LoRAConfig:
         unknown = [t for t in self.targets if t not in LORA_TARGETS]
         if unknown:
             _fail(f"{prefix}.targets", f"unknown modules {unknown}; choose from {list(LORA_TARGETS)}")
+
+
+MODEL_STAGES = ("pretrain",)  # the model stages sft may start from (init_from empty: the latest the run chains)
+CONSTITUTIONAL = "constitutional"  # its sft.jsonl (critique-and-revision answers) joins the data when chained
+
+
+@dataclass
+class SftConfig:
+    """Supervised fine-tuning on chat data: jsonl lines ``{"messages": [{"role", "content"}, ...]}`` rendered with
+    the tokenizer's chat template, loss on the assistant turns only.
+
+    - ``data``: files or globs (relative to the config file); when the run chains the ``constitutional`` stage,
+      its ``sft.jsonl`` joins them.
+    - ``packing``: several conversations per row of ``train.max_len`` tokens, each attending to itself only
+      (positions restart at 0 per conversation); ``train.global_batch_size`` then counts rows. Without it each
+      conversation is one row, padded to the longest of its micro-batch.
+    - ``init_from``: the starting model (anything ``lmhpc.exchange.load_model`` opens); empty: the latest of
+      the run's model stages (pretrain).
+    - ``lora``: ``rank > 0`` trains low-rank adapters (merged into the saved model) instead of every weight.
+    """
+
+    data: list[str] = field(default_factory=list)
+    init_from: str = ""
+    packing: bool = False
+    train: AlignTrainConfig = field(default_factory=AlignTrainConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    fingerprint_ignore: ClassVar[tuple[str, ...]] = ("train.checkpoint_interval", "train.keep_last",
+                                                      "train.log_every", "train.dp_shard", "train.device")
+
+    def stage_reads(self, default: tuple[str, ...], root: RunConfig) -> tuple[str, ...]:
+        from lmhpc.exchange.source import model_reads
+
+        reads = model_reads(default, root, self.init_from, MODEL_STAGES)
+        return tuple(s for s in reads if s != CONSTITUTIONAL or s in root.run.stages)
+
+    def data_files(self, root: RunConfig) -> list[Path]:
+        """The files ``data`` names, in config order (a glob's matches sorted); raises ConfigError naming
+        ``sft.data`` for an entry that matches nothing."""
+        files: list[Path] = []
+        for i, entry in enumerate(self.data):
+            path = root.path(entry)
+            matches = sorted(Path(p) for p in glob.glob(str(path))) if glob.has_magic(str(path)) else \
+                ([path] if path.exists() else [])
+            matches = [m for m in matches if m.is_file()]
+            if not matches:
+                _fail(f"sft.data[{i}]", f"{entry!r} matches no file ({path})")
+            files += [m for m in matches if m not in files]
+        return files
+
+    def validate(self, root: RunConfig) -> None:
+        self.train.validate_at("sft.train", root, "sft")
+        self.lora.validate_at("sft.lora")
+        self.data_files(root)
+        if "sft" not in root.run.stages:
+            return
+        if not self.data and CONSTITUTIONAL not in root.run.stages:
+            _fail("sft.data", "no chat data: name jsonl files (e.g. data/align/chat/chat.jsonl) or chain the "
+                  "constitutional stage before sft in run.stages")
+        if self.init_from:
+            if not root.path(self.init_from).exists():
+                _fail("sft.init_from", f"{root.path(self.init_from)} does not exist")
+        elif not any(s in root.run.stages for s in MODEL_STAGES):
+            _fail("sft.init_from", f"sft starts from a model: set sft.init_from or chain one of {list(MODEL_STAGES)} "
+                  "before it in run.stages")

@@ -46,7 +46,8 @@ def chat_tokenizer(tmp_path_factory) -> Path:
     spm.SentencePieceTrainer.train(input=str(folder / "corpus.txt"), model_prefix=str(folder / "tokenizer"),
                                    vocab_size=512, model_type="bpe", byte_fallback=True, character_coverage=1.0,
                                    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, minloglevel=2,
-                                   user_defined_symbols=["<|im_start|>", "<|im_end|>"], split_digits=True)
+                                   user_defined_symbols=["<|im_start|>", "<|im_end|>"], split_digits=True,
+                                   remove_extra_whitespaces=False, normalization_rule_name="identity")
     (folder / "corpus.txt").unlink()
     return folder
 
