@@ -96,6 +96,7 @@ TOOLS["import"] = ("lmhpc.exchange.import_cli", "a GGUF file or Hugging Face fol
 TOOLS["report"] = ("lmhpc.report.cli", "write a run's HTML report: runs/<run>/report/index.html")
 TOOLS["generate"] = ("lmhpc.infer.cli", "generate text with a model")
 TOOLS["evaluate"] = ("lmhpc.evaluate.cli", "perplexity and benchmark scores of model files or folders")
+TOOLS["size"] = ("lmhpc.sizing", "memory per rank, checkpoint cadence, throughput and data-stage sizing on a cluster")
 
 
 def _curate_tool(argv: list[str]) -> int:
