@@ -22,7 +22,9 @@ SCRIPT = "<script>document.body.dataset.injected = 'yes'</script>"
 KEPT_SCRIPT_ID = "web-script-kept"
 DROPPED_SCRIPT_ID = "web-script-dropped"
 SECTIONS = ("overview", "sources", "domains", "examples", "distributions", "scores", "dedup", "map", "tokenizer",
-            "training", "evaluation")
+            "training", "evaluation", "ablation")
+# a source name holding markup: the ablation table must show it as text
+ABLATION_SOURCE = "<i>web</i>"
 STAGES = ["curate", "dedup", "tokenizer", "tokenize"]
 
 
@@ -113,6 +115,33 @@ def finished_run_files(run_dir: Path) -> None:
     (evaluate / "results.json").write_text(json.dumps({"models": models, "licenses": {}}))
     (evaluate / "stats.json").write_text(json.dumps({"stage": "evaluate", "models": [m["name"] for m in models]}))
     (evaluate / "DONE").write_text("{}\n")
+    ablation_files(run_dir)
+
+
+def ablation_files(run_dir: Path) -> None:
+    """What the ablate stage leaves for the report: ``comparison.json``, made by the stage's own comparison from
+    evaluate rows of a baseline and three variants (one worse beyond its standard error, one better, one within)."""
+    from lmhpc.ablate.compare import compare
+    from lmhpc.ablate.variants import Variant
+
+    variants = [Variant("baseline", "every filter"), Variant("without_c4", "every filter but c4", without_filter="c4"),
+                Variant("without_dedup", "no dedup", dedup=False),
+                Variant("only_web", f"the {ABLATION_SOURCE} inputs alone", source=ABLATION_SOURCE)]
+    figures = {"baseline": (1.90, 0.30), "without_c4": (2.05, 0.29), "without_dedup": (1.80, 0.36),
+               "only_web": (1.91, 0.31)}
+    rows = [{"name": name, "perplexity": {"heldout": {"bits_per_byte": bpb, "bits_per_byte_stderr": 0.03}},
+             "tasks": {"piqa": {"metrics": ["acc"], "acc": acc, "acc_stderr": 0.02}}}
+            for name, (bpb, acc) in figures.items()]
+    data = {name: {"docs": 100 + i, "tokens": 5000 + 100 * i, "final_loss": 4.0 + i / 10,
+                   "sources": {ABLATION_SOURCE: {"tokens": 3000, "docs": 60}, "prose": {"tokens": 2000 + 100 * i,
+                                                                                      "docs": 40 + i}}}
+            for i, name in enumerate(figures)}
+    comparison = compare(variants, rows, data, {"steps": 20, "token_budget": 20480, "seed": 1})
+    ablate = run_dir / "ablate"
+    ablate.mkdir(parents=True, exist_ok=True)
+    (ablate / "comparison.json").write_text(json.dumps(comparison))
+    (ablate / "stats.json").write_text(json.dumps({"stage": "ablate", "units": len(variants)}))
+    (ablate / "DONE").write_text("{}\n")
 
 
 def build_run(root: Path) -> Path:

@@ -15,4 +15,5 @@ SECTIONS = (
     "lmhpc.report.sections.tokenizer",
     "lmhpc.report.sections.training",
     "lmhpc.report.sections.evaluation",
+    "lmhpc.report.sections.ablation",
 )

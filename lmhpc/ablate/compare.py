@@ -1,0 +1,114 @@
+"""The comparison of an ablation: every variant's scores against the baseline's, with standard errors.
+
+Each score (bits per byte of a held-out set, accuracy of a task) comes with its standard error ``se``. The
+difference ``d = variant - baseline`` has the standard error ``sqrt(se_v² + se_b²)`` (the two taken as
+independent; scored on the same items, their errors are positively correlated, so this overstates the error
+of ``d`` and the test is conservative). A difference *exceeds its standard error* when ``|d| > se_d``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lmhpc.ablate.variants import BASELINE, Variant
+from lmhpc.evaluate.results import cell, columns
+
+
+def metric_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The scores compared: bits per byte of each perplexity set and each task metric (the columns that carry a
+    standard error), in the evaluate table's order."""
+    return [c for c in columns(rows) if not c.endswith(" ppl")]
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith(" bpb")
+
+
+def difference(value: float | None, stderr: float | None, base: float | None, base_stderr: float | None
+               ) -> dict[str, Any]:
+    """``diff``, its standard error and whether it exceeds it (None where a figure is missing)."""
+    if value is None or base is None:
+        return {"diff": None, "diff_stderr": None, "exceeds": None}
+    diff = value - base
+    if stderr is None or base_stderr is None:
+        return {"diff": diff, "diff_stderr": None, "exceeds": None}
+    se = math.sqrt(stderr**2 + base_stderr**2)
+    return {"diff": diff, "diff_stderr": se, "exceeds": abs(diff) > se}
+
+
+def compare(variants: list[Variant], rows: list[dict[str, Any]], data: dict[str, dict[str, Any]],
+            setup: dict[str, Any]) -> dict[str, Any]:
+    """The comparison document: per variant, its data, each metric's value, stderr and difference to the
+    baseline; ``exceeding`` lists the differences larger than their standard error."""
+    by_name = {row["name"]: row for row in rows}
+    if BASELINE not in by_name:
+        raise ValueError("the comparison needs the baseline's scores")
+    metrics = metric_columns(rows)
+    base = by_name[BASELINE]
+    out_variants, exceeding = [], []
+    for variant in variants:
+        row = by_name[variant.name]
+        scores = {}
+        for metric in metrics:
+            value, stderr = cell(row, metric)
+            entry = {"value": value, "stderr": stderr}
+            if variant.name != BASELINE:
+                entry.update(difference(value, stderr, *cell(base, metric)))
+                if entry["exceeds"]:
+                    better = (entry["diff"] < 0) == lower_is_better(metric)
+                    entry["direction"] = "better" if better else "worse"
+                    exceeding.append({"variant": variant.name, "metric": metric, "diff": entry["diff"],
+                                      "diff_stderr": entry["diff_stderr"], "direction": entry["direction"]})
+            scores[metric] = entry
+        info = data.get(variant.name, {})
+        out_variants.append({
+            "name": variant.name, "kind": variant.kind, "description": variant.description,
+            "docs": info.get("docs"), "tokens": info.get("tokens"), "epochs": info.get("epochs"),
+            "final_loss": info.get("final_loss"), "sources": info.get("sources", {}),
+            "curate": info.get("curate"), "dedup": info.get("dedup"), "seconds": info.get("seconds", {}),
+            "scores": scores,
+        })
+    return {"baseline": BASELINE, "metrics": [{"name": m, "lower_is_better": lower_is_better(m)} for m in metrics],
+            "variants": out_variants, "exceeding": exceeding, "setup": setup,
+            "method": "diff = variant - baseline; diff_stderr = sqrt(stderr_variant^2 + stderr_baseline^2); "
+                      "exceeds: |diff| > diff_stderr"}
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def format_score(entry: dict[str, Any]) -> str:
+    """``value ± se`` and, for a variant, ``(Δ diff ± se)`` with a ``*`` when the difference exceeds it."""
+    text = _num(entry.get("value"))
+    if entry.get("stderr") is not None:
+        text += f" ± {entry['stderr']:.4f}"
+    if entry.get("diff") is not None:
+        delta = f"Δ {entry['diff']:+.4f}"
+        if entry.get("diff_stderr") is not None:
+            delta += f" ± {entry['diff_stderr']:.4f}"
+        text += f" ({delta}{' *' if entry.get('exceeds') else ''})"
+    return text
+
+
+def markdown(comparison: dict[str, Any]) -> str:
+    """``comparison.md``: variants × metrics; ``*`` marks a difference to the baseline beyond its standard error."""
+    metrics = [m["name"] for m in comparison["metrics"]]
+    lines = ["| variant | tokens | final loss | " + " | ".join(metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    for v in comparison["variants"]:
+        loss = "–" if v.get("final_loss") is None else f"{v['final_loss']:.4f}"
+        lines.append(f"| {v['name']} | {v.get('tokens') or 0} | {loss} | "
+                     + " | ".join(format_score(v["scores"][m]) for m in metrics) + " |")
+    lines += ["", f"Δ: variant - baseline ± the combined standard error; * where |Δ| exceeds it "
+                  f"(bpb: lower is better). Probe: {comparison['setup'].get('steps')} steps, "
+                  f"{comparison['setup'].get('token_budget')} tokens, seed {comparison['setup'].get('seed')}."]
+    if comparison["exceeding"]:
+        lines += ["", "Differences beyond one standard error:"]
+        for d in comparison["exceeding"]:
+            lines.append(f"- {d['variant']}: {d['metric']} {d['diff']:+.4f} ± {d['diff_stderr']:.4f} "
+                         f"({d['direction']})")
+    else:
+        lines += ["", "No difference exceeds its standard error."]
+    return "\n".join(lines) + "\n"
