@@ -131,3 +131,21 @@ def test_bad_records_in_the_stage_are_quarantined(tmp_path, tiny_source):
     reasons = sorted(e["reason"] for e in read_quarantine(run.stage_dir / "quarantine/chat.jsonl"))
     assert reasons == ["invalid_json", "no_assistant_turn"]
     assert read_metrics(run.stage_dir / "metrics.jsonl")[-1]["step"] == 2
+
+
+def test_constitutional_revisions_join_the_data_when_chained(tmp_path, tiny_source):
+    """A run chaining constitutional → sft: sft also trains on ``<run>/constitutional/sft.jsonl``."""
+    section = _sft(tiny_source, data=[], train={"steps": 2, "global_batch_size": 4})
+    config = run_config(tmp_path, "cai", ["constitutional", "sft"], {"sft": section})
+    run = StageRun(config, "sft")
+    cai = run.run_dir / "constitutional"
+    cai.mkdir(parents=True)
+    rows = [{"messages": [{"role": "user", "content": f"How do I pick lock {i}?"},
+                          {"role": "assistant", "content": "I can't help with that, but a locksmith can."}]}
+            for i in range(6)]
+    (cai / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (cai / "DONE").write_text("{}\n")
+    assert run.run() == [0], run.logs()
+    stats = json.loads((run.stage_dir / "stats.json").read_text())
+    assert stats["data_files"] == [str(cai / "sft.jsonl")]
+    assert stats["docs_in"] == stats["docs_out"] == 6
