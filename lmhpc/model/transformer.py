@@ -20,6 +20,8 @@ number of heads at a fixed head dimension, so the attention scale stays 1/sqrt(h
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 
 import torch
@@ -152,7 +154,7 @@ class Transformer(nn.Module):
     """Token ids (B, T) → logits (B, T, vocab). Any of embedding, layers, norm, output may be absent
     (a pipeline stage holds a slice): then the input is a hidden state and so is the output."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, init_seed: int | None = None) -> None:
         super().__init__()
         if args.vocab_size <= 0:
             raise ValueError("ModelArgs.vocab_size must be set (> 0) before building the model")
@@ -166,10 +168,21 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.init_weights()
+        if not self.layers["0"].ffn_norm.weight.is_meta:  # meta: lmhpc.train.materialize initialises the shards
+            self.init_weights(init_seed)
 
-    def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Normal init; depth-scaled residual outputs; μP-scaled hidden matrices; unit norm gains."""
+    def init_weights(self, seed: int | None = None, generator: torch.Generator | None = None) -> None:
+        """Normal init; depth-scaled residual outputs; μP-scaled hidden matrices; unit norm gains.
+
+        With a ``seed`` (training runs), each parameter's values come from a generator seeded by ``seed`` and
+        the parameter's global name (:func:`init_transformer`), so they do not depend on where the parameter
+        lives: a pipeline stage, a tensor- or FSDP-sharded DTensor, or a model materialised from the ``meta``
+        device all get the same values as the whole model built in one process. Without one, the parameters
+        are drawn one after the other from ``generator`` (default: torch's global generator), whole tensors
+        only."""
+        if seed is not None:
+            init_transformer(self, seed)
+            return
         a = self.args
         hidden_std = a.init_std / math.sqrt(a.width_mult)
         out_std = hidden_std / math.sqrt(2 * a.n_layers) if a.depth_scaled_init else hidden_std
@@ -254,3 +267,100 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
             matmul += dense_ffn
     matmul += d * args.vocab_size  # output projection (the embedding lookup is free)
     return 6.0 * matmul + 12.0 * attention_layers * args.n_heads * hd * seq_len
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation, independent of the parallel layout
+
+# wrappers that parallelism puts around a block (activation checkpointing, torch.compile): not part of
+# the global parameter names the initialisation is keyed by
+_WRAPPER_NAMES = ("_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module")
+
+
+def canonical_name(name: str) -> str:
+    """``name`` without the wrapper components parallelism inserts."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_NAMES)
+
+
+def init_generator(seed: int, name: str) -> torch.Generator:
+    """A CPU generator for the tensor called ``name``: seeded by the run's seed and that name only."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def write_full(param: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy ``full`` (the whole tensor, on the CPU) into ``param``: all of it, or this rank's part of a
+    DTensor (whatever its placements: tensor parallel, FSDP2, both, expert parallel)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        local = distribute_tensor(full.to(param.device_mesh.device_type), param.device_mesh, param.placements,
+                                  src_data_rank=None).to_local()
+        param.to_local().copy_(local)
+    else:
+        param.copy_(full)
+
+
+@contextlib.contextmanager
+def full_parameters(module: nn.Module):
+    """Within the block, ``module``'s parameters (recursively) are whole fp32 CPU tensors; on exit each
+    parameter receives its part of them (:func:`write_full`). Memory: one module's whole parameters."""
+    slots = []
+    for owner in module.modules():
+        for name, param in list(owner._parameters.items()):
+            if param is None:
+                continue
+            full = nn.Parameter(torch.empty(param.shape, dtype=param.dtype, device="cpu"), requires_grad=False)
+            slots.append((owner, name, param, full))
+            owner._parameters[name] = full
+    try:
+        yield
+    finally:
+        for owner, name, param, _ in slots:
+            owner._parameters[name] = param
+    for _, _, param, full in slots:
+        write_full(param, full)
+
+
+def _init_unit(module: nn.Module, prefix: str, seed: int, hidden_std: float, out_std: float) -> None:
+    """Initialise a block's submodule ``module`` (global name ``prefix``), whose parameters are whole tensors."""
+    for name, sub in module.named_modules():
+        full_name = canonical_name(f"{prefix}.{name}" if name else prefix)
+        if isinstance(sub, RMSNorm):
+            sub.reset_parameters()
+        elif isinstance(sub, nn.Linear):
+            std = out_std if full_name.endswith(("wo", "w2", "out_proj")) else hidden_std
+            nn.init.normal_(sub.weight, std=std, generator=init_generator(seed, full_name + ".weight"))
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+    for name, sub in module.named_modules():  # MoE experts, Mamba's SSM parameters: after the generic pass
+        if hasattr(sub, "init_parameters"):
+            full_name = canonical_name(f"{prefix}.{name}" if name else prefix)
+            sub.init_parameters(hidden_std, out_std, init_generator(seed, full_name))
+
+
+def init_transformer(model: Transformer, seed: int) -> None:
+    """The initialisation of :meth:`Transformer.init_weights`, one unit (a norm, a linear layer, an MoE or
+    Mamba mixer) at a time: its whole tensors are drawn on the CPU from generators keyed by ``seed`` and
+    the global parameter names, and each parameter keeps its own part."""
+    a = model.args
+    hidden_std = a.init_std / math.sqrt(a.width_mult)
+    out_std = hidden_std / math.sqrt(2 * a.n_layers) if a.depth_scaled_init else hidden_std
+    with torch.no_grad():
+        if model.tok_embeddings is not None:
+            with full_parameters(model.tok_embeddings):
+                nn.init.normal_(model.tok_embeddings.weight, std=a.embedding_init_std,
+                                generator=init_generator(seed, "tok_embeddings.weight"))
+        if model.output is not None and not a.tie_embeddings:
+            with full_parameters(model.output):
+                nn.init.normal_(model.output.weight, std=a.init_std, generator=init_generator(seed, "output.weight"))
+        for key, layer in model.layers.items():
+            block = layer
+            while not isinstance(block, TransformerBlock):  # under activation checkpointing / compile wrappers
+                block = getattr(block, "_checkpoint_wrapped_module", None) or block._orig_mod
+            for name, child in block.named_children():
+                with full_parameters(child):
+                    _init_unit(child, f"layers.{key}.{name}", seed, hidden_std, out_std)
+        if model.norm is not None:
+            with full_parameters(model.norm):
+                model.norm.reset_parameters()

@@ -127,6 +127,9 @@ class TrainConfig:
     activation_checkpointing: Literal["none", "full"] = "none"
     compile: bool = False
     vocab_multiple_of: int = 128  # the embedding is padded to a multiple of this
+    # build the model on the meta device, shard it, then allocate and initialise each rank's shards only
+    # (same values as the whole model built in one process); false: every rank builds the whole model first
+    meta_init: bool = True
 
 
 @dataclass
@@ -166,7 +169,8 @@ class PretrainConfig:
     # keys that do not change the loss curve: a preempted run may resume with another parallel layout
     # (checkpoints reshard on load), checkpoint cadence or logging
     fingerprint_ignore: ClassVar[tuple[str, ...]] = ("parallel", "metrics", "checkpoint.interval",
-                                                      "checkpoint.keep_last", "checkpoint.async_save", "eval")
+                                                      "checkpoint.keep_last", "checkpoint.async_save", "eval",
+                                                      "train.meta_init")
 
     def global_batch(self, dp: int) -> int:
         """Sequences per optimizer step."""

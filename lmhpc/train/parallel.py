@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -469,10 +470,19 @@ def apply_fsdp(model: Transformer, mesh, param_dtype: torch.dtype | None, reshar
     fully_shard(model, reshard_after_forward=reshard_after_forward, **kw)
 
 
-def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, device: torch.device) -> nn.Module:
-    """Apply TP/SP → CP → EP → float8 → AC → compile → FSDP2/HSDP or DDP to one model (or stage)."""
+def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, device: torch.device,
+                materialize: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """Apply TP/SP → CP → EP → float8 → AC → compile → FSDP2/HSDP or DDP to one model (or stage).
+
+    A model built on the ``meta`` device (:mod:`lmhpc.train.materialize`) is sharded as it is and then
+    handed to ``materialize``, which allocates and initialises this rank's shards (before DDP, which
+    broadcasts real weights)."""
     cfg = dims.cfg
-    model.to(device)
+    meta = any(p.is_meta for p in model.parameters())
+    if meta and materialize is None:
+        raise ValueError("parallelize: a model on the meta device needs a materialize function")
+    if not meta:
+        model.to(device)
     if cfg.tp > 1:
         apply_tensor_parallel(model, dims.submesh(("tp",)), cfg.sequence_parallel)
     if cfg.cp > 1:
@@ -498,7 +508,11 @@ def parallelize(model: Transformer, dims: ParallelDims, train: TrainConfig, devi
             mesh = shard
         param_dtype = torch.bfloat16 if train.precision == "bf16" else None
         apply_fsdp(model, mesh, param_dtype, reshard_after_forward=cfg.pp == 1, ignored=experts)
+        if meta:
+            materialize(model)
         return model
+    if meta:
+        materialize(model)
     if cfg.dp_replicate > 1:
         from torch.nn.parallel import DistributedDataParallel
 

@@ -13,6 +13,7 @@ requeues the job). The requeued job resumes where it stopped, with the same loss
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -34,6 +35,7 @@ from lmhpc.train.config import PretrainConfig
 from lmhpc.train.data import GlobalBatches, TokenIds, tokenizer_vocab
 from lmhpc.train.heldout import HeldOutEval, heldout_sequences
 from lmhpc.train.loop import Trainer
+from lmhpc.train.materialize import materialize, meta_model, read_start_weights
 from lmhpc.train.metrics import MetricsFile, device_peak_flops, memory_stats, throughput
 from lmhpc.train.optim import build_optimizer, lr_at, set_lr
 from lmhpc.train.parallel import ParallelDims, cut_stage, parallelize, stage_ids
@@ -134,9 +136,16 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                          cache_dir=ctx.stage_dir / "data_cache", token_ids=TokenIds(vocab, eod))
 
     torch.manual_seed(seed)
-    model = Transformer(args)  # whole model, same init on every rank, whatever the layout
-    if cfg.init_from:  # a checkpoint to resume from replaces these weights below
-        initialise_from(model, ctx.cfg.path(cfg.init_from))
+    if cfg.train.meta_init:
+        # parameters on meta; each rank allocates and initialises its own shards in parallelize()
+        model = meta_model(args)
+        start = read_start_weights(ctx.cfg.path(cfg.init_from), args) if cfg.init_from else None
+        materializer = functools.partial(materialize, device=device, seed=seed, weights=start)
+    else:
+        model = Transformer(args, init_seed=seed)  # whole model, same init on every rank, whatever the layout
+        if cfg.init_from:  # a checkpoint to resume from replaces these weights below
+            initialise_from(model, ctx.cfg.path(cfg.init_from))
+        materializer = None
     n_params = count_params(model)
     fpt = flops_per_token(args, cfg.train.seq_len)
     if dims.size("pp") > 1:
@@ -146,7 +155,8 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
         del model
     else:
         ids, num_stages, parts = [0], 1, [model]
-    parts = [parallelize(p, dims, cfg.train, device) for p in parts]
+    parts = [parallelize(p, dims, cfg.train, device, materializer) for p in parts]
+    start = None  # the starting weights, if any, are in the shards now
     optimizers = [build_optimizer(p, args, cfg.optimizer) for p in parts]
     trainer = Trainer(cfg, dims, parts, optimizers, data, device)
     if dims.size("pp") > 1:
