@@ -158,8 +158,7 @@ class GRPOConfig:
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
     scale_rewards: Literal["group", "batch", "none"] = "group"
     use_bias_correction_kl: bool = True
-    train: AlignTrainConfig = field(default_factory=lambda: AlignTrainConfig(lr=1e-5, global_batch_size=32,
-                                                                             micro_batch_size=32, max_len=128))
+    train: AlignTrainConfig = field(default_factory=AlignTrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     fingerprint_ignore: ClassVar[tuple[str, ...]] = FINGERPRINT_IGNORE
@@ -232,8 +231,7 @@ class PPOConfig:
     lam: float = 0.95
     whiten_rewards: bool = False
     missing_eos_penalty: float = 0.0
-    train: AlignTrainConfig = field(default_factory=lambda: AlignTrainConfig(lr=3e-6, global_batch_size=8,
-                                                                             micro_batch_size=8, max_len=128))
+    train: AlignTrainConfig = field(default_factory=AlignTrainConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     fingerprint_ignore: ClassVar[tuple[str, ...]] = FINGERPRINT_IGNORE
@@ -254,8 +252,11 @@ class PPOConfig:
         self.sampling.validate_at("ppo.sampling")
         uses_model = bool(self.reward_model) or (HAS_REWARD_STAGE and REWARD_STAGE in root.run.stages)
         _validate_rewards(self.rewards, "ppo.rewards", required=not uses_model)
-        if self.reward_model and not root.path(self.reward_model).exists():
-            _fail("ppo.reward_model", f"{root.path(self.reward_model)} does not exist")
+        if self.reward_model:
+            if importlib.util.find_spec("lmhpc.preference.reward_model") is None:
+                _fail("ppo.reward_model", "reward models need the lmhpc.preference package, absent here")
+            if not root.path(self.reward_model).exists():
+                _fail("ppo.reward_model", f"{root.path(self.reward_model)} does not exist")
         world = self.train.world_size(root, "ppo")
         if self.rollout_batch_size < 1 or self.rollout_batch_size % self.train.global_batch_size:
             _fail("ppo.rollout_batch_size", f"must be a positive multiple of train.global_batch_size="
