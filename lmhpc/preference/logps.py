@@ -1,0 +1,54 @@
+"""Per-sequence log-probs of response tokens, with the per-token statistics TRL's DPO metrics log."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lmhpc.preference.data import PairBatch
+from lmhpc.preference.losses import SequenceScores
+
+
+def response_scores(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor,
+                    stats: bool = True) -> SequenceScores:
+    """Scores of each row's response tokens from the model's ``logits`` (N, T, V) of ``input_ids`` (N, T).
+
+    Token ``t`` is predicted by position ``t-1``; only positions whose target is a response token
+    (``response_mask``) are scored, so the log-softmax runs on those rows of the logits alone. Log-probs are
+    computed in float32 whatever the logits' dtype. ``stats``: also the mean logit over the vocabulary, the
+    entropy and whether the target is the argmax, summed per row (no gradient)."""
+    target_mask = response_mask[:, 1:]
+    rows = target_mask.nonzero(as_tuple=True)[0]
+    picked = logits[:, :-1][target_mask].float()  # (M, V)
+    targets = input_ids[:, 1:][target_mask]
+    log_z = torch.logsumexp(picked, dim=-1)
+    token_logps = picked.gather(-1, targets[:, None]).squeeze(-1) - log_z
+    n = input_ids.shape[0]
+    logps = torch.zeros(n, dtype=torch.float32, device=logits.device).index_add(0, rows, token_logps)
+    tokens = target_mask.sum(dim=1)
+    scores = SequenceScores(logps, tokens)
+    if stats:
+        with torch.no_grad():
+            d = picked.detach()
+            probs = torch.softmax(d, dim=-1)
+            entropy = log_z.detach() - (probs * d).sum(-1)
+            zeros = torch.zeros(n, dtype=torch.float32, device=logits.device)
+            scores.logit_sum = zeros.index_add(0, rows, d.mean(-1))
+            scores.entropy_sum = zeros.clone().index_add(0, rows, entropy)
+            scores.top1 = zeros.clone().index_add(0, rows, (d.argmax(-1) == targets).float())
+    return scores
+
+
+def split_pairs(scores: SequenceScores) -> tuple[SequenceScores, SequenceScores]:
+    """The chosen half and the rejected half of a ``[chosen; rejected]`` batch's scores."""
+    def half(t: torch.Tensor | None, i: int) -> torch.Tensor | None:
+        return None if t is None else t.chunk(2, dim=0)[i]
+
+    return tuple(SequenceScores(*(half(getattr(scores, f), i) for f in  # type: ignore[return-value]
+                                  ("logps", "tokens", "logit_sum", "entropy_sum", "top1"))) for i in (0, 1))
+
+
+def batch_scores(model: nn.Module, batch: PairBatch, stats: bool = True) -> SequenceScores:
+    """Forward a pair batch through a causal model (token ids → logits) and score its responses."""
+    logits = model(batch.input_ids)
+    return response_scores(logits, batch.input_ids, batch.response_mask, stats)
