@@ -8,7 +8,7 @@ A unit makes its variant's data and scores a probe trained on it, in ``variants/
 4. ``probe/``: the pretrain stage's training loop in a one-process gloo group, the same probe, seed and steps for
    every variant, so that the differences are the data's;
 5. ``evaluate/``: the evaluate library on the probe's last checkpoint: perplexity on the held-out texts and the
-   multiple-choice tasks, with standard errors (``result.json``).
+   multiple-choice tasks, with standard errors (``result.json``), and the per-item figures (``items.json``).
 
 Each step ends with its own marker, so a preempted unit resumes at the step it stopped in (training from its last
 checkpoint). ``finalize`` compares every variant with the baseline (:mod:`lmhpc.ablate.compare`) and writes
@@ -31,6 +31,7 @@ from lmhpc.fsutil import read_json, write_json, write_text
 from lmhpc.runner import StageFailed, complete_stage, finalize_units, run_units
 
 RESULT_FILE = "result.json"
+ITEMS_FILE = "items.json"
 COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
 TOKENIZER_MODEL = "tokenizer.model"
@@ -125,10 +126,12 @@ def _probe_step(ctx: StageContext, vcfg: RunConfig, folder: Path, tokenizer: Pat
 
 
 def _evaluate_step(ctx: StageContext, name: str, folder: Path, tokenizer: Path) -> dict[str, Any]:
-    """Score the probe's last checkpoint with the evaluate library; returns the evaluate row."""
+    """Score the probe's last checkpoint with the evaluate library: ``result.json`` (the evaluate row) and
+    ``items.json`` (per-document and per-item figures, for paired differences); returns the row."""
+    from lmhpc.ablate.scoring import score_probe
     from lmhpc.data.quarantine import Quarantine
     from lmhpc.evaluate.benchdata import find_data_dir
-    from lmhpc.evaluate.stage import ModelRef, evaluate_model, pick_device, task_items
+    from lmhpc.evaluate.stage import pick_device, task_items
     from lmhpc.train.checkpoint import complete_steps
 
     out = folder / "evaluate"
@@ -142,12 +145,13 @@ def _evaluate_step(ctx: StageContext, name: str, folder: Path, tokenizer: Path) 
     needs_data = bool(cfg.tasks) or cfg.perplexity.lambada > 0
     data_dir = find_data_dir(cfg.data_dir and ctx.cfg.path(cfg.data_dir)) if needs_data else None
     items = task_items(cfg, data_dir, ctx.cfg.path)
-    ref = ModelRef(name, checkpoints / f"step-{steps[-1]}", tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     with Quarantine(out / "quarantine" / "texts.jsonl.zst") as quarantine:
-        row = evaluate_model(cfg, ref, items, data_dir, quarantine, pick_device(cfg.device), ctx.cfg.path, out)
+        row, per_item = score_probe(cfg, name, checkpoints / f"step-{steps[-1]}", tokenizer, items, data_dir,
+                                    quarantine, pick_device(cfg.device), ctx.cfg.path)
         row["quarantined_text_records"] = dict(quarantine.counts)
-    write_json(out / RESULT_FILE, row)
+    write_json(out / ITEMS_FILE, per_item)
+    write_json(out / RESULT_FILE, row)  # last: the step's marker
     return row
 
 
@@ -212,24 +216,26 @@ def process_unit(ctx: StageContext, index: int, unit: str) -> dict[str, Any]:
 
 def finalize(ctx: StageContext, stats: dict[str, Any]) -> dict[str, Any]:
     """Compare every variant with the baseline: ``comparison.json`` and ``comparison.md``."""
-    rows, data = [], {}
+    rows, data, items = [], {}, {}
     for variant in variants(ctx):
         folder = variant_dir(ctx, variant.name)
         row = read_json(folder / "evaluate" / RESULT_FILE, default=None)
         if row is None:
             raise StageFailed(f"ablate: variant {variant.name} has no {folder / 'evaluate' / RESULT_FILE}")
         rows.append(row)
+        items[variant.name] = read_json(folder / "evaluate" / ITEMS_FILE)
         data[variant.name] = {**read_json(folder / "data.json"), **read_json(folder / "summary.json")}
     cfg: AblateConfig = ctx.cfg.ablate
     comparison = compare(variants(ctx), rows, data, {
         "token_budget": cfg.probe.token_budget(), "steps": cfg.probe.train.steps,
         "seed": cfg.probe.train.seed if cfg.probe.train.seed >= 0 else ctx.cfg.run.seed,
-    })
+    }, items)
     table = markdown(comparison)
     write_json(ctx.stage_dir / COMPARISON_JSON, comparison)
     write_text(ctx.stage_dir / COMPARISON_MD, table)
     print(table, flush=True)
     stats = dict(stats)
     stats["exceeding_stderr"] = [f"{d['variant']}: {d['metric']}" for d in comparison["exceeding"]]
+    stats["exceeding_paired_stderr"] = [f"{d['variant']}: {d['metric']}" for d in comparison["exceeding_paired"]]
     stats["comparison"] = str(ctx.stage_dir / COMPARISON_JSON)
     return stats

@@ -118,9 +118,13 @@ def check_comparison(run_dir: Path) -> dict:
             assert s["diff"] == s["value"] - b["value"]
             assert math.isclose(s["diff_stderr"], math.hypot(s["stderr"], b["stderr"]))
             assert s["exceeds"] == (abs(s["diff"]) > s["diff_stderr"])
+            # the same documents and items for every probe: a paired error for every metric
+            assert s["paired_stderr"] is not None and s["exceeds_paired"] == (abs(s["diff"]) > s["paired_stderr"])
             if s["exceeds"]:
                 exceeding.append((v["name"], metric))
     assert [(d["variant"], d["metric"]) for d in comparison["exceeding"]] == exceeding
+    items = json.loads((stage / "variants" / "only_a" / "evaluate" / "items.json").read_text())
+    assert len(items["perplexity"]["held"]) == 8 and len(items["tasks"]["mine"]["acc"]) == 12
     table = (stage / "comparison.md").read_text()
     assert all(f"| {name} |" in table for name in VARIANTS)
     return comparison

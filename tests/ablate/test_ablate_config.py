@@ -144,3 +144,26 @@ def test_comparison_marks_what_exceeds_its_standard_error(tmp_path):
     table = markdown(out)
     assert "| without_c4 |" in table and "(Δ +0.1000 ± 0.0283 *)" in table and "(Δ +0.0200 ± 0.0424)" in table
     assert "- without_dedup: piqa acc +0.1000 ± 0.0424 (better)" in table
+
+
+def test_paired_stderr_is_the_spread_of_per_item_differences():
+    from lmhpc.ablate.scoring import paired_stderr
+
+    base = {"perplexity": {"h": [[10.0 * (i + 1), 5, 40] for i in range(6)]},
+            "tasks": {"t": {"acc": [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]}}}
+    shifted = {"perplexity": {"h": [[10.0 * (i + 1) + 2.0, 5, 40] for i in range(6)]},
+               "tasks": {"t": {"acc": [1.0, 1.0, 1.0, 0.0, 1.0, 0.0]}}}
+    # every document's log-likelihood moved by the same amount: the difference is certain
+    assert paired_stderr("h bpb", shifted, base) == pytest.approx(0.0, abs=1e-12)
+    noisy = {"perplexity": {"h": [[10.0 * (i + 1) + (2.0 if i % 2 else 0.0), 5, 40] for i in range(6)]}, "tasks": {}}
+    d = [0.0, 2.0] * 3
+    expected = math.sqrt(sum((x - 1.0) ** 2 for x in d) / 5 / 6) / 40 / math.log(2)
+    assert paired_stderr("h bpb", noisy, base) == pytest.approx(expected)
+    diffs = [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    mean = sum(diffs) / 6
+    assert paired_stderr("t acc", shifted, base) == pytest.approx(
+        math.sqrt(sum((x - mean) ** 2 for x in diffs) / 5) / math.sqrt(6))
+    # other documents (another tokenizer, another set): no paired error
+    other = {"perplexity": {"h": [[1.0, 6, 40]] * 6}, "tasks": {"t": {"acc": [1.0] * 5}}}
+    assert paired_stderr("h bpb", other, base) is None and paired_stderr("t acc", other, base) is None
+    assert paired_stderr("t acc_norm", shifted, base) is None

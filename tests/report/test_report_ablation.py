@@ -28,6 +28,11 @@ def test_ablation_section_table_marks_and_charts(report, report_run):
     assert body.count('<mark class="exceeds"') == len(exceeding)
     assert '<mark class="exceeds" data-direction="worse">Δ +0.1500 ± 0.0424</mark>' in body
     assert "Δ -0.0100 ± 0.0283" in body and "Δ -0.0100 ± 0.0283</mark>" not in body  # within: not marked
+    # the paired errors: only_web's small held-out difference exceeds its paired error alone
+    paired = {(d["variant"], d["metric"]) for d in comparison["exceeding_paired"]}
+    assert ("only_web", "heldout bpb") in paired and ("only_web", "heldout bpb") not in {e[:2] for e in exceeding}
+    assert body.count('<u class="exceeds-paired"') == len(paired)
+    assert '<ul class="exceeding_paired"><li>without_c4: heldout bpb' in body
     for variant in ("baseline", "without_c4", "without_dedup", "only_web"):
         assert f"<td>{variant}</td>" in body
     # a source name holding markup is text

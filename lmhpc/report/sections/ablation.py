@@ -28,6 +28,12 @@ def _score_cell(entry: dict[str, Any]) -> html.Cell:
             delta_html = (f'<mark class="exceeds" data-direction="{html.esc(entry.get("direction", ""))}">'
                           f"{delta_html}</mark>")
         out += "<br>" + delta_html
+        if entry.get("paired_stderr") is not None:
+            paired = html.esc(f"paired ± {entry['paired_stderr']:.4f}")
+            if entry.get("exceeds_paired"):
+                paired = (f'<u class="exceeds-paired" data-direction="{html.esc(entry.get("direction", ""))}">'
+                          f"{paired}</u>")
+            out += "<br>" + paired
     return html.Cell(out, True)
 
 
@@ -49,6 +55,9 @@ def _diff_chart(comparison: dict[str, Any]) -> charts.Chart | None:
             color = WITHIN if not entry.get("exceeds") else BETTER if entry.get("direction") == "better" else WORSE
             ax.errorbar([entry["diff"]], [y], xerr=[entry.get("diff_stderr") or 0.0], fmt="o", color=color,
                         capsize=3)
+            if entry.get("paired_stderr") is not None:
+                ax.errorbar([entry["diff"]], [y + 0.18], xerr=[entry["paired_stderr"]], fmt="none",
+                            color="#1d2430", capsize=2, linewidth=1.6 if entry.get("exceeds_paired") else 0.8)
         ax.axvline(0.0, color="#1d2430", linewidth=0.8)
         ax.set_yticks(range(len(names)), [charts.short(n, 22) if i % cols == 0 else "" for n in names])
         ax.set_ylim(len(names) - 0.5, -0.5)
@@ -57,8 +66,10 @@ def _diff_chart(comparison: dict[str, Any]) -> charts.Chart | None:
     for j in range(len(metrics), rows * cols):
         axes[j // cols, j % cols].set_visible(False)
     return charts.render(fig, "ablation-diffs", "Difference to the baseline per variant",
-                         "variant - baseline, error bars: the combined standard error; green: better beyond it, "
-                         "red: worse beyond it, grey: within it (bpb: lower is better)", wide=cols > 1)
+                         "variant - baseline; coloured error bars: the combined standard error (green: better beyond "
+                         "it, red: worse beyond it, grey: within it); dark bars below: the paired standard error "
+                         "(per-item differences; thick where the difference exceeds it); bpb: lower is better",
+                         wide=cols > 1)
 
 
 def _data_chart(comparison: dict[str, Any]) -> charts.Chart | None:
@@ -87,17 +98,22 @@ def render(rin: ReportInput) -> html.Section | None:
                     + [_score_cell(scores.get(m, {})) for m in metrics])
     table = html.table(["variant", "data", "docs", "tokens", "final train loss"] + metrics, rows)
     setup = comparison.get("setup", {})
-    exceeding = comparison.get("exceeding", [])
-    if exceeding:
+    verdict = ""
+    for key, se_key, title in (("exceeding", "diff_stderr", "combined"), ("exceeding_paired", "paired_stderr",
+                                                                          "paired")):
+        found = comparison.get(key, [])
+        if not found:
+            verdict += html.note(f"No difference to the baseline exceeds its {title} standard error.")
+            continue
         items = "".join(f"<li>{html.esc(d['variant'])}: {html.esc(d['metric'])} {d['diff']:+.4f} ± "
-                        f"{d['diff_stderr']:.4f} ({html.esc(d['direction'])})</li>" for d in exceeding)
-        verdict = f"<h3>Differences beyond one standard error</h3><ul>{items}</ul>"
-    else:
-        verdict = html.note("No difference to the baseline exceeds its standard error.")
+                        f"{d[se_key]:.4f} ({html.esc(d['direction'])})</li>" for d in found)
+        verdict += f'<h3>Differences beyond one {title} standard error</h3><ul class="{key}">{items}</ul>'
+
     chart_list = [c for c in (_diff_chart(comparison), _data_chart(comparison)) if c is not None]
     body = (html.note(f"From ablate/comparison.json: the same probe ({setup.get('steps')} steps, "
                       f"{setup.get('token_budget')} tokens, seed {setup.get('seed')}) trained on each variant of the "
-                      "data; ± one standard error; Δ: variant - baseline ± the combined standard error, marked "
-                      "where it exceeds it.")
+                      "data; ± one standard error; Δ: variant - baseline ± the combined standard error (highlighted "
+                      "where Δ exceeds it) and ± the paired one, from the per-item differences (underlined where Δ "
+                      "exceeds it).")
             + html.grid(chart_list) + table + verdict)
     return html.Section("ablation", "Ablations", body, chart_list)
