@@ -4,5 +4,6 @@ from lmhpc.ablate.config import AblateConfig
 from lmhpc.stages import StageSpec
 
 SPECS = [
-    StageSpec("ablate", "lmhpc.ablate.stage", "array", config=AblateConfig, reads=("tokenizer",), order=90),
+    StageSpec("ablate", "lmhpc.ablate.stage", "array", config=AblateConfig, reads=("tokenizer",), order=90,
+              preflight="lmhpc.ablate.preflight:preflight"),
 ]

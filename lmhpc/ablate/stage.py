@@ -232,9 +232,12 @@ def finalize(ctx: StageContext, stats: dict[str, Any]) -> dict[str, Any]:
     }, items)
     table = markdown(comparison)
     write_json(ctx.stage_dir / COMPARISON_JSON, comparison)
+    ctx.tracker.log({"ablation": {v["name"]: {m.replace(" ", "/"): s["value"] for m, s in v["scores"].items()
+                                              if s["value"] is not None} for v in comparison["variants"]}}, step=1)
     write_text(ctx.stage_dir / COMPARISON_MD, table)
     print(table, flush=True)
     stats = dict(stats)
+    stats["step"] = 2  # after the comparison's W&B step
     stats["exceeding_stderr"] = [f"{d['variant']}: {d['metric']}" for d in comparison["exceeding"]]
     stats["exceeding_paired_stderr"] = [f"{d['variant']}: {d['metric']}" for d in comparison["exceeding_paired"]]
     stats["comparison"] = str(ctx.stage_dir / COMPARISON_JSON)

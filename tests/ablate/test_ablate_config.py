@@ -167,3 +167,20 @@ def test_paired_stderr_is_the_spread_of_per_item_differences():
     other = {"perplexity": {"h": [[1.0, 6, 40]] * 6}, "tasks": {"t": {"acc": [1.0] * 5}}}
     assert paired_stderr("h bpb", other, base) is None and paired_stderr("t acc", other, base) is None
     assert paired_stderr("t acc_norm", shifted, base) is None
+
+
+def test_preflight_names_missing_inputs_and_eval_files(tmp_path):
+    from lmhpc.ablate.preflight import preflight
+
+    cfg = _config(tmp_path, {"without_dedup": True, "eval": {
+        "tasks": [], "perplexity": {"texts": [{"path": "held/*.jsonl"}]},
+        "task_files": [{"name": "mine", "path": "mine.jsonl"}]}})
+    problems = preflight(cfg)
+    keys = [p.split(":", 1)[0] for p in problems]
+    assert keys == ["curate.inputs[0].path", "curate.inputs[1].path", "curate.inputs[2].path",
+                    "ablate.eval.perplexity.texts[0].path", "ablate.eval.task_files[0].path"], problems
+    for name in ("web", "prose", "code", "held"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "part.jsonl").write_text('{"text": "a b c"}\n')
+    (tmp_path / "mine.jsonl").write_text('{"context": "a", "choices": ["b", "c"], "gold": 0}\n')
+    assert preflight(cfg) == []
