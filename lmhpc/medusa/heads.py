@@ -107,39 +107,58 @@ def captured_hidden(model: Transformer) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
+def final_hidden(model: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's final-norm hidden states (B, T, dim) of token windows, without computing its logits."""
+    last = list(model.layers.values())[-1]
+    seen: list[torch.Tensor] = []
+    handle = last.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        model(tokens, last_only=True)
+    finally:
+        handle.remove()
+    return model.norm(seen[-1])
+
+
+TARGETS = ("distill", "tokens")
+
+
 def medusa_loss(model: Transformer, heads: MedusaHeads, tokens: torch.Tensor, decay: float = 0.8,
-                target: str = "distill") -> tuple[torch.Tensor, list[float]]:
+                target: str = "distill", agreement_rows: int = 256) -> tuple[torch.Tensor, list[float]]:
     """The heads' training loss on token windows (B, T) with the model frozen: Σ_k decay^k × loss_k, where head
-    k at position t is scored on token t + k + 2: cross-entropy against the data's token (``target``
-    "tokens") or against the model's own next-token distribution at position t + k + 1 (``"distill"``,
-    self-distillation: the heads learn what the model would say, which is what decoding accepts).
-    Also each head's top-1 agreement with that target (the greedy acceptance of a chain of one)."""
-    if target not in ("distill", "tokens"):
-        raise ValueError(f"target must be 'distill' or 'tokens', got {target!r}")
-    with torch.no_grad(), captured_hidden(model) as seen:
-        logits = model(tokens)
-    normed = seen[-1]
+    k reads the hidden state at position t and is scored on token t + k + 2 against
+
+    - ``"distill"``: the model's next-token distribution at position t + k + 1 (KL divergence: what decoding
+      accepts);
+    - ``"tokens"``: the data's token (cross-entropy, Medusa's original recipe).
+
+    Also each head's top-1 agreement with the model's own greedy token there (on up to ``agreement_rows``
+    positions): the acceptance of a one-node chain."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    with torch.no_grad():
+        normed = final_hidden(model, tokens)
     total = torch.zeros((), device=tokens.device)
     agree = []
     for k in range(heads.args.num_heads):
         shift = k + 2
         if tokens.shape[1] <= shift:
             break
-        feats = heads.blocks[k](normed[:, :-shift])
+        feats = heads.blocks[k](normed[:, :-shift]).flatten(0, 1)
+        want_hidden = normed[:, shift - 1:-1].flatten(0, 1)
         proj = model.output if heads.projections is None else heads.projections[k]
-        out = proj(feats)
-        if model.args.mup_base_dim:
-            out = out / model.args.width_mult
-        out = out.float().flatten(0, 1)
+        scale = 1 / model.args.width_mult if model.args.mup_base_dim else 1.0
+        out = proj(feats).float() * scale
         if target == "tokens":
-            want = tokens[:, shift:].flatten()
-            loss = F.cross_entropy(out, want)
+            loss = F.cross_entropy(out, tokens[:, shift:].flatten())
         else:
-            teacher = logits[:, shift - 1:-1].float().flatten(0, 1)
-            want = teacher.argmax(-1)
-            loss = F.kl_div(out.log_softmax(-1), teacher.log_softmax(-1), log_target=True, reduction="batchmean")
+            with torch.no_grad():
+                teacher = (model.output(want_hidden).float() * scale).log_softmax(-1)
+            loss = F.kl_div(out.log_softmax(-1), teacher, log_target=True, reduction="batchmean")
         total = total + decay**k * loss
-        agree.append(float((out.argmax(-1) == want).float().mean()))
+        with torch.no_grad():
+            rows = torch.linspace(0, feats.shape[0] - 1, min(agreement_rows, feats.shape[0])).long()
+            mine = proj(feats[rows]).argmax(-1)
+            agree.append(float((mine == model.output(want_hidden[rows]).argmax(-1)).float().mean()))
     return total, agree
 
 
