@@ -67,6 +67,12 @@ def _status(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"lmhpc: {e}", file=sys.stderr)
         return 2
+    if args.timing:
+        from lmhpc.timing import format_timing, timing_rows
+
+        timing = timing_rows(Path(args.run_dir), [r["stage"] for r in rows])
+        print(json.dumps(timing, indent=2) if args.json else format_timing(timing))
+        return 0
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -151,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="state of each stage of a run folder")
     st.add_argument("run_dir")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--timing", action="store_true",
+                    help="orchestration overhead per stage: dependency end → start → first unit, run time, and "
+                         "save / requeue / restore time of each preemption")
     st.set_defaults(func=_status)
 
     sy = sub.add_parser("sync", help="upload a run folder's offline W&B runs, attempts in order")

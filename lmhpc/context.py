@@ -62,6 +62,14 @@ class StageContext:
             raise RuntimeError(f"stage '{self.stage}' needs the output of '{stage}', which is not complete: {path}")
         return path
 
+    def event(self, name: str, **fields: Any) -> None:
+        """Record a timing event of this stage (rank 0 only), e.g. ``restored`` with its ``seconds``
+        (``lmhpc status --timing`` reads them; see :mod:`lmhpc.timing`)."""
+        if self.rank == 0:
+            from lmhpc.timing import record_event
+
+            record_event(self.stage_dir, name, attempt=self.attempt, **fields)
+
     def should_stop(self) -> bool:
         """True once a preemption signal arrived on this rank (stages agree across ranks themselves,
         e.g. with :meth:`agree_stop`)."""

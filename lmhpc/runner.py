@@ -27,8 +27,9 @@ from lmhpc.integrity import (
     stage_fingerprint,
     write_start_record,
 )
-from lmhpc.launch.preempt import Preempted, PreemptionFlag, requeue_or_exit
+from lmhpc.launch.preempt import REQUEUE_EXIT_CODE, Preempted, PreemptionFlag, requeue_or_exit
 from lmhpc.stages import STAGES
+from lmhpc.timing import record_event
 from lmhpc.track import open_tracker
 
 log = logging.getLogger("lmhpc.runner")
@@ -197,6 +198,8 @@ def run_units(ctx: StageContext, module: Any, task: int, num_tasks: int) -> dict
         stats = dict(stats)
         stats.setdefault("seconds", round(time.time() - t0, 3))
         write_json(marker, {"unit": str(unit), "index": index, "fingerprint": fingerprint, "stats": stats})
+        if done == 0:
+            record_event(ctx.stage_dir, "first_unit", attempt=ctx.attempt, task=task, unit=index)
         done += 1
         log.info("unit %d/%d done (%s)", index + 1, len(units), unit)
     log.info("task %d/%d: %d units done, %d already done before", task, num_tasks, done, skipped)
@@ -265,6 +268,10 @@ def run_stage(
                        flag=flag, comm=comm, input_dirs={name: cfg.run_dir / name for name in reads})
     if rank == 0:
         write_text(stage_dir / "config.json", dump_json(cfg))
+    events = rank == 0 or spec.kind == "array"  # one line per job (per array task), not per rank
+    where = {"task": task} if spec.kind == "array" and not finalize else {"task": "finalize" if finalize else None}
+    if events:
+        record_event(stage_dir, "start", attempt=ctx.attempt, kind=spec.kind, **where)
     code = 0
     try:
         if spec.kind == "array":
@@ -278,7 +285,12 @@ def run_stage(
                 complete_stage(ctx, stats or {}, started)
     except Preempted as e:
         log.warning("stage %s preempted (%s); state saved", stage, e)
+        if events:
+            record_event(stage_dir, "saved", attempt=ctx.attempt, where=str(e), signal_time=flag.time, **where)
         code = requeue_or_exit(stage, str(e), cfg.resources_for(stage).max_requeues)
+        if events:
+            record_event(stage_dir, "requeued" if code == REQUEUE_EXIT_CODE else "requeue_refused",
+                         attempt=ctx.attempt, **where)
     except StageChanged as e:
         log.error("%s", e)
         code = 1
@@ -291,4 +303,6 @@ def run_stage(
         raise
     finally:
         tracker.finish(exit_code=code)
+        if events:
+            record_event(stage_dir, "end", attempt=ctx.attempt, code=code, **where)
     return code

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ class PreemptionFlag:
     def __init__(self) -> None:
         self._event = threading.Event()
         self.signal_name: str | None = None
+        self.time: float | None = None  # when it was set (wall clock)
 
     def install(self, signals: tuple[signal.Signals, ...] = PREEMPT_SIGNALS) -> PreemptionFlag:
         if threading.current_thread() is not threading.main_thread():
@@ -42,10 +44,12 @@ class PreemptionFlag:
     def _handler(self, signum: int, frame: object) -> None:
         # nothing but a flag here: no I/O, no collectives
         self.signal_name = signal.Signals(signum).name
+        self.time = self.time or time.time()
         self._event.set()
 
     def set(self, reason: str = "manual") -> None:
         self.signal_name = reason
+        self.time = self.time or time.time()
         self._event.set()
 
     def is_set(self) -> bool:

@@ -9,6 +9,7 @@ import sys
 import time
 
 from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
+from lmhpc.timing import read_events, timing_rows
 from tests.conftest import write_config
 from tests.helpers import curate_config, tree_bytes, write_jsonl_corpus
 
@@ -33,6 +34,10 @@ def test_run_with_tasks_matches_one_task_and_status(tmp_path):
     assert status == [{"stage": "curate", "state": "done", "job_ids": [], "sacct": {}}]
     again = lmhpc("run", str(cfg), "resources.curate.tasks=3")
     assert "already complete" in again.stdout
+    timing = json.loads(lmhpc("status", str(runs / "t"), "--timing", "--json").stdout)
+    assert [r["stage"] for r in timing] == ["curate"]
+    assert timing[0]["run_s"] > 0 and timing[0]["start_to_first_unit_s"] >= 0 and timing[0]["preemptions"] == []
+    assert "to 1st unit" in lmhpc("status", str(runs / "t"), "--timing").stdout
 
 
 def test_failed_stage_reports_failed(tmp_path):
@@ -66,6 +71,13 @@ def test_real_signal_saves_then_resumes_to_identical_output(tmp_path):
     # the requeued attempt skips what is done and finishes
     lmhpc("stage", "curate", str(cfg), "--task", "0", "--num-tasks", "1")
     lmhpc("stage", "curate", str(cfg), "--finalize")
+    events = [e["event"] for e in read_events(tmp_path / "runs" / "t" / "curate")]
+    assert events[:5] == ["start", "first_unit", "saved", "requeued", "end"], events
+    assert events[-2:] == ["start", "end"]  # the finalize step
+    row = timing_rows(tmp_path / "runs" / "t", ["curate"])[0]
+    assert len(row["preemptions"]) == 1
+    save_s, requeue_s = row["preemptions"][0]["save_s"], row["preemptions"][0]["requeue_s"]
+    assert 0 <= save_s < 60 and requeue_s >= 0
     lmhpc("run", str(cfg), "run.name=clean")
     runs = tmp_path / "runs"
     assert tree_bytes(runs / "t" / "curate" / "data") == tree_bytes(runs / "clean" / "curate" / "data")
