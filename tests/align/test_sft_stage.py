@@ -13,7 +13,6 @@ import torch
 from lmhpc.exchange.load import load_model
 from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
 from lmhpc.train.checkpoint import complete_steps
-from lmhpc.train.metrics import read_metrics
 from tests.align.conftest import CHAT_DATA, StageRun, run_config
 
 RTOL = 2e-4  # the pretrain parity tolerance
@@ -30,7 +29,11 @@ def _run(tmp_path, name, section, world=1) -> StageRun:
 
 
 def test_sft_loss_falls_on_the_chat_set_and_the_model_opens(tmp_path, tiny_source):
-    run = _run(tmp_path, "sft", _sft(tiny_source))
+    bad = tmp_path / "extra.jsonl"  # two bad records beside the chat set: quarantined by reason
+    bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n{broken\n')
+    section = _sft(tiny_source)
+    section["data"].append(str(bad))
+    run = _run(tmp_path, "sft", section)
     assert run.run() == [0], run.logs()
     rows = run.metrics()
     assert [r["step"] for r in rows] == list(range(1, 31))
@@ -41,7 +44,12 @@ def test_sft_loss_falls_on_the_chat_set_and_the_model_opens(tmp_path, tiny_sourc
     assert rows[-1]["mean_token_accuracy"] > rows[0]["mean_token_accuracy"]
     assert all(b["num_tokens"] > a["num_tokens"] for a, b in zip(rows, rows[1:]))  # cumulative
     stats = json.loads((run.stage_dir / "stats.json").read_text())
-    assert stats["docs_in"] == stats["docs_out"] == 240 and stats["quarantined"] == 0
+    assert stats["docs_in"] == 242 and stats["docs_out"] == 240 and stats["quarantined"] == 2
+    assert stats["quarantine_reasons"] == {"invalid_json": 1, "no_assistant_turn": 1}
+    from lmhpc.data.quarantine import read_quarantine
+
+    reasons = sorted(e["reason"] for e in read_quarantine(run.stage_dir / "quarantine/chat.jsonl"))
+    assert reasons == ["invalid_json", "no_assistant_turn"]
     loaded = load_model(run.stage_dir)
     assert loaded.tokenizer.token_id("<|im_start|>") is not None
     before = load_model(tiny_source).model
@@ -73,15 +81,15 @@ def test_preemption_resumes_with_bitwise_identical_losses(tmp_path, tiny_source)
     """Packing, LoRA with dropout (RNG) and periodic checkpoints: the resume must pick the preemption save."""
     section = _sft(tiny_source, packing=True, lora={"rank": 4, "alpha": 8, "dropout": 0.1,
                                                     "targets": ["wq", "wv", "w1", "w2"]},
-                   train={"steps": 40, "checkpoint_interval": 15, "global_batch_size": 4, "micro_batch_size": 2,
+                   train={"steps": 24, "checkpoint_interval": 10, "global_batch_size": 4, "micro_batch_size": 2,
                           "max_len": 160})
     reference = _run(tmp_path, "reference", section)
     assert reference.run() == [0], reference.logs()
     run = _run(tmp_path, "interrupted", section)
-    saved = _interrupt(run, 5, 40)
+    saved = _interrupt(run, 4, 24)
     assert run.run() == [0], run.logs()
     assert run.losses() == reference.losses()  # exact, every step
-    assert [r["step"] for r in run.metrics()] == list(range(1, 41))
+    assert [r["step"] for r in run.metrics()] == list(range(1, 25))
     assert f"resumed from checkpoint step {saved}" in (run.run_dir / "sft-rank0.log").read_text()
     # the saved models are equal too (merged LoRA)
     a, b = load_model(run.stage_dir).model, load_model(reference.stage_dir).model
@@ -114,23 +122,6 @@ def test_fsdp2_with_lora_on_two_ranks_equals_one_rank(tmp_path, tiny_source):
     a, b = load_model(two.stage_dir).model, load_model(one.stage_dir).model
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y, rtol=1e-3, atol=1e-5), name
-
-
-def test_bad_records_in_the_stage_are_quarantined(tmp_path, tiny_source):
-    bad = tmp_path / "extra.jsonl"
-    bad.write_text('{"messages": [{"role": "user", "content": "no answer"}]}\n{broken\n')
-    section = _sft(tiny_source, train={"steps": 2})
-    section["data"].append(str(bad))
-    run = _run(tmp_path, "bad", section)
-    assert run.run() == [0], run.logs()
-    stats = json.loads((run.stage_dir / "stats.json").read_text())
-    assert stats["docs_in"] == 242 and stats["docs_out"] == 240
-    assert stats["quarantine_reasons"] == {"invalid_json": 1, "no_assistant_turn": 1}
-    from lmhpc.data.quarantine import read_quarantine
-
-    reasons = sorted(e["reason"] for e in read_quarantine(run.stage_dir / "quarantine/chat.jsonl"))
-    assert reasons == ["invalid_json", "no_assistant_turn"]
-    assert read_metrics(run.stage_dir / "metrics.jsonl")[-1]["step"] == 2
 
 
 def test_constitutional_revisions_join_the_data_when_chained(tmp_path, tiny_source):
