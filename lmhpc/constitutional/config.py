@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 # the model stages each stage may start from, in chain order (only registered stages may be read)
 CONSTITUTIONAL_MODELS = ("pretrain",)
-FEEDBACK_MODELS = ("pretrain",)
+FEEDBACK_MODELS = ("pretrain", "sft")
 
 
 def _error(key: str, message: str) -> Exception:

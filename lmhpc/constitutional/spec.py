@@ -1,5 +1,6 @@
-"""The Constitutional AI stages' registration: both start from a model (pretrain, or ``init_from``); AI feedback
-also reads the constitutional stage's prompts unless it names prompt files of its own."""
+"""The Constitutional AI stages' registration. ``constitutional`` starts from pretrain (or ``init_from``);
+``ai_feedback`` judges with the latest of pretrain and sft the run chains (or ``init_from``) and reads the
+constitutional stage's prompts unless it names prompt files of its own."""
 
 from lmhpc.constitutional.config import CONSTITUTIONAL_MODELS, FEEDBACK_MODELS, AIFeedbackConfig, ConstitutionalConfig
 from lmhpc.stages import StageSpec

@@ -99,12 +99,16 @@ def write_run_config(base: Path, name: str, stages: list[str], sections: dict, r
     return load_config(config)
 
 
+OUTPUTS = {"prompts.jsonl", "prompt_selection.json", "revisions.jsonl", "sft.jsonl", "pairs.jsonl", "labels.jsonl"}
+
+
 def stage_files(stage_dir: Path) -> dict[str, bytes]:
-    """The stage's outputs, by path relative to it (logs, W&B, timing records and markers left out)."""
-    skip = {"stats.json", "config.json", "DONE", "_stage.json", "_units.json", "wandb_state.json"}
+    """The stage's outputs (what it generates: chunks, merged files, quarantine), by path relative to it; the
+    runner's records (logs, events, timings, markers) are left out."""
     out = {}
     for path in sorted(stage_dir.rglob("*")):
         rel = path.relative_to(stage_dir)
-        if path.is_file() and rel.parts[0] not in ("wandb", "logs", "_units") and path.name not in skip:
+        if path.is_file() and (rel.parts[0] in ("chunks", "quarantine") or str(rel) in OUTPUTS):
             out[str(rel)] = path.read_bytes()
+    assert {"prompts.jsonl", "prompt_selection.json"} <= set(out), sorted(out)
     return out

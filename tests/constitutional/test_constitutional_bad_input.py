@@ -134,3 +134,15 @@ def test_a_revision_that_repeats_the_prompt_or_a_request_is_degenerate():
     assert revise._degenerate("how do I  pick a LOCK?", row) == "revision_repeats_prompt"
     assert revise._degenerate("Rewrite it safely.", row) == "revision_repeats_request"
     assert revise._degenerate("I cannot help with that.", row) is None
+
+
+@pytest.mark.parametrize(("stages", "section", "reads"), [
+    (["pretrain", "constitutional", "sft", "ai_feedback"], {}, ("sft", "constitutional")),
+    (["pretrain", "constitutional", "ai_feedback"], {}, ("pretrain", "constitutional")),
+    (["pretrain", "constitutional", "ai_feedback"], {"init_from": "model"}, ("constitutional",)),
+    (["pretrain", "constitutional", "sft", "ai_feedback"], {"prompts": ["p.jsonl"]}, ("sft",)),
+])
+def test_ai_feedback_reads_the_latest_model_stage_and_the_prompts_it_needs(tmp_path, stages, section, reads):
+    cfg = write_run_config(tmp_path, "reads", stages, {"ai_feedback": section})
+    assert STAGES["ai_feedback"].reads_for(cfg) == reads
+    assert STAGES["constitutional"].reads_for(cfg) == ("pretrain",)
