@@ -105,3 +105,29 @@ def test_torchao_int8_round_trips_through_the_packed_format(tmp_path, method):
         float_logits = load_quantized(path, dequantize=True)(tokens)
         scale = float(float_logits.abs().max())
         assert float((loaded(tokens) - float_logits).abs().max()) < 0.05 * scale
+
+
+@pytest.mark.parametrize("method", ["gptq", "nf4"])
+def test_generator_decodes_a_packed_folder_opened_by_load_model(tmp_path, method):
+    """load_model opens a packed folder with its quantized layers; greedy decoding equals the dequantized model's."""
+    from lmhpc.exchange import load_model
+    from lmhpc.exchange.weights import read_tokenizer_files
+    from lmhpc.infer.generate import Generator
+    from lmhpc.quantize.model import gptq_model
+    from lmhpc.quantize.packed import save_folder
+    from tests.train.fixtures import make_tokenizer
+
+    make_tokenizer(tmp_path / "tok")
+    model = tiny(vocab_size=96, max_seq_len=64)
+    if method == "gptq":
+        quantized = gptq_model(model, torch.randint(0, 96, (4, 32), generator=torch.Generator().manual_seed(0)),
+                               bits=4, group_size=32)
+    else:
+        quantized = nf4_model(model)
+    folder = save_folder(model, quantized, tmp_path / "packed", method, read_tokenizer_files(tmp_path / "tok"))
+    loaded = load_model(folder)
+    assert isinstance(loaded.model.layers["0"].feed_forward.w1, QuantLinear if method == "gptq" else NF4Linear)
+    prompt = [5, 17, 42, 9]
+    [ours] = Generator(loaded.model, loaded.tokenizer).generate([prompt], max_new_tokens=12, ignore_eos=True)
+    [ref] = Generator(model, loaded.tokenizer).generate([prompt], max_new_tokens=12, ignore_eos=True)
+    assert ours.token_ids == ref.token_ids and len(ours.token_ids) == 12
