@@ -136,6 +136,11 @@ class AblateConfig:
         if self.sources and len(sources) < 2:
             raise _error("ablate.sources", f"curate.inputs has {len(sources)} source(s) {sources}: a one-source "
                                            "subset would be the baseline")
+        if self.sources:
+            for source in sources:
+                if not source or source.startswith(".") or not all(c.isalnum() or c in "-_." for c in source):
+                    raise _error("ablate.sources", f"source {source!r} names a variant folder: use letters, digits, "
+                                                   "- _ . in curate.inputs[].source")
         for name, weights in self.mixes.items():
             if not name or not all(c.isalnum() or c in "-_" for c in name):
                 raise _error(f"ablate.mixes.{name}", "a mix name is letters, digits, - and _")

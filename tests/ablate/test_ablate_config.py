@@ -100,6 +100,14 @@ def test_one_source_cannot_be_split(tmp_path):
         load_config(write_config(tmp_path / "c.yaml", data))
 
 
+def test_source_names_must_be_plain_for_source_variants(tmp_path):
+    data = {"run": {"name": "a", "runs_dir": str(tmp_path / "runs"), "stages": ["ablate"]},
+            "curate": {"inputs": [{"path": "x/*.jsonl", "source": "web"}, {"path": "y/*.jsonl", "source": "../up"}]},
+            "ablate": {"sources": True}}
+    with pytest.raises(ConfigError, match="ablate.sources.*'../up'"):
+        load_config(write_config(tmp_path / "c.yaml", data))
+
+
 def test_stage_reads_the_tokenizer_unless_given_a_model(tmp_path):
     from lmhpc.stages import STAGES
 
