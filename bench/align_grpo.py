@@ -187,7 +187,7 @@ def accuracy(model_path: str, records: list[dict[str, str]], completion_length: 
     from lmhpc.rl.common import greedy_accuracy
 
     loaded = load_model(model_path)
-    return greedy_accuracy(loaded.model, loaded.tokenizer, records, completion_length, add_bos=True, lockstep=False)
+    return greedy_accuracy(loaded.model, loaded.tokenizer, records, completion_length, add_bos=True)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

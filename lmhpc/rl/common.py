@@ -9,6 +9,7 @@ time, instead of sampling again with later weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from lmhpc.context import StageContext
 from lmhpc.data.quarantine import Quarantine
 from lmhpc.exchange.tokenizer import TextTokenizer
 from lmhpc.fsutil import temp_file_beside
+from lmhpc.model.transformer import Transformer
 from lmhpc.rl.config import TaskConfig
 from lmhpc.rl.rewards import exact_answer
 from lmhpc.rl.rollout import sample
@@ -103,16 +105,47 @@ def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def greedy_accuracy(model: torch.nn.Module, tokenizer: TextTokenizer, records: Sequence[dict[str, Any]],
-                    max_new_tokens: int, add_bos: bool, lockstep: bool, batch_size: int = 64) -> float | None:
+                    max_new_tokens: int, add_bos: bool, batch_size: int = 64) -> float | None:
     """The share of ``records`` whose greedy completion is exactly the answer (None without records)."""
     if not records:
         return None
     prompts = [encode_prompt(tokenizer, r["prompt"], add_bos) for r in records]
     with torch.no_grad():
         rollout = sample(model, tokenizer, prompts, 1, max_new_tokens, temperature=0.0, seed=0,
-                         batch_size=batch_size, lockstep=lockstep)
+                         batch_size=batch_size)
     scores = exact_answer([r["prompt"] for r in records], rollout.completion_texts, [r["answer"] for r in records])
     return sum(scores) / len(scores)
+
+
+class RolloutPolicy:
+    """The model rollouts sample from. On one rank, the policy itself; on several, its FSDP2 shards cannot run
+    the generator (inference mode, each rank stopping after its own rows), so every rank keeps a whole copy,
+    refreshed from the shards (LoRA merged in) before each generation batch: a collective all ranks join."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.copy: Transformer | None = None
+
+    def current(self) -> torch.nn.Module:
+        t = self.trainer
+        if not t.sharded:
+            return t.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from lmhpc.align.lora import merged_weights
+
+        if self.copy is None:
+            self.copy = Transformer(t.args).to(t.device).eval()
+            for p in self.copy.parameters():
+                p.requires_grad_(False)
+        with merged_weights(t.lora) if t.lora is not None else contextlib.nullcontext():
+            state = get_model_state_dict(t.model, options=StateDictOptions(full_state_dict=True))
+        missing, unexpected = self.copy.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (t.args.tie_embeddings and k == "output.weight")]
+        if missing or unexpected:
+            raise RuntimeError(f"the rollout copy does not fit the policy: missing {missing[:6]}, "
+                               f"unexpected {unexpected[:6]}")
+        return self.copy
 
 
 class GenerationStore:

@@ -28,7 +28,14 @@ from torch import nn
 from lmhpc.align.trainer import AlignTrainer, BatchSlot, distributed
 from lmhpc.context import StageContext
 from lmhpc.exchange.source import model_source
-from lmhpc.rl.common import ROLLOUTS_DIR, GenerationStore, encode_prompt, greedy_accuracy, prepare_prompts
+from lmhpc.rl.common import (
+    ROLLOUTS_DIR,
+    GenerationStore,
+    RolloutPolicy,
+    encode_prompt,
+    greedy_accuracy,
+    prepare_prompts,
+)
 from lmhpc.rl.config import MODEL_STAGES, GRPOConfig
 from lmhpc.rl.grpo import GroupBatch, reward_metrics, score_group_batch, sequence_logps_no_grad
 from lmhpc.rl.losses import clip_metrics, clipped_policy_terms, policy_loss_parts
@@ -85,14 +92,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
         functions = [(r.function, load_reward_function(r.function)) for r in cfg.rewards]
         weights = [r.weight for r in cfg.rewards]
         ref = trainer.load_frozen() if cfg.beta > 0 else None
-        lockstep = trainer.world > 1
+        policy = RolloutPolicy(trainer)
         group = cfg.num_generations
         rows_per_rank = cfg.train.global_batch_size // trainer.dp_size
         prompts_per_rank = rows_per_rank // group
         micro = cfg.train.micro_batch_size
         store = GenerationStore(ctx.stage_dir / ROLLOUTS_DIR, trainer.rank)
-        accuracy_before = greedy_accuracy(trainer.model, tok, prompts.eval_records, sampling.max_completion_length,
-                                          cfg.task.add_bos, lockstep)
+        accuracy_before = greedy_accuracy(policy.current(), tok, prompts.eval_records,
+                                          sampling.max_completion_length, cfg.task.add_bos)
         log.info("grpo: %d prompts (%d quarantined), %d per rank per generation × %d completions; held-out "
                  "accuracy before: %s", len(prompts.records), sum(prompts.quarantined.values()), prompts_per_rank,
                  group, accuracy_before)
@@ -103,8 +110,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             prompt_ids = [encode_prompt(tok, r["prompt"], cfg.task.add_bos) for r in records]
             seed = rollout_seed(trainer.seed, index, f"grpo-rank{trainer.dp_rank}")
             with torch.no_grad(), trainer.autocast():
-                rollout = sample(trainer.model, tok, prompt_ids, group, sampling.max_completion_length,
-                                 sampling.temperature, sampling.top_k, sampling.top_p, seed, lockstep=lockstep)
+                rollout = sample(policy.current(), tok, prompt_ids, group, sampling.max_completion_length,
+                                 sampling.temperature, sampling.top_k, sampling.top_p, seed)
             repeated = [r for r in records for _ in range(group)]
             fields = {k: [r.get(k) for r in repeated] for k in repeated[0] if k != "prompt"}
             batch = score_group_batch(rollout, [r["prompt"] for r in repeated], fields, functions, weights, group,
@@ -123,8 +130,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             return {"rows": gb.select(rows), "generation_metrics": metrics, "first": slot.micro == 0}
 
         stats = trainer.fit(batch_fn, lambda model, batch: grpo_loss(model, batch, cfg), cumulative=("num_tokens",))
-        accuracy_after = greedy_accuracy(trainer.model, tok, prompts.eval_records, sampling.max_completion_length,
-                                         cfg.task.add_bos, lockstep)
+        accuracy_after = greedy_accuracy(policy.current(), tok, prompts.eval_records,
+                                         sampling.max_completion_length, cfg.task.add_bos)
         log.info("grpo: held-out accuracy %s → %s", accuracy_before, accuracy_after)
     return {**stats, **prompts.stats(), "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
             "num_generations": group, "num_iterations": cfg.num_iterations, "loss_type": cfg.loss_type,

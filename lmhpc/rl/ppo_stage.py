@@ -33,7 +33,14 @@ from torch import nn
 from lmhpc.align.trainer import AlignTrainer, BatchSlot, distributed
 from lmhpc.context import StageContext
 from lmhpc.exchange.source import model_source
-from lmhpc.rl.common import ROLLOUTS_DIR, GenerationStore, encode_prompt, greedy_accuracy, prepare_prompts
+from lmhpc.rl.common import (
+    ROLLOUTS_DIR,
+    GenerationStore,
+    RolloutPolicy,
+    encode_prompt,
+    greedy_accuracy,
+    prepare_prompts,
+)
 from lmhpc.rl.config import HAS_REWARD_STAGE, MODEL_STAGES, REWARD_STAGE, PPOConfig
 from lmhpc.rl.grpo import weighted_rewards
 from lmhpc.rl.losses import AdaptiveKLController, gae, kl_estimate, masked_mean, token_rewards, whiten
@@ -177,7 +184,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         functions = [(r.function, load_reward_function(r.function)) for r in cfg.rewards]
         weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
         ref = trainer.load_frozen()
-        lockstep = trainer.world > 1
+        policy = RolloutPolicy(trainer)
         kl_ctl = AdaptiveKLController(cfg.kl_coef, cfg.target_kl or None, cfg.kl_horizon)
         rows_per_rank = cfg.rollout_batch_size // trainer.dp_size
         mini_per_rank = cfg.train.global_batch_size // trainer.dp_size
@@ -185,8 +192,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         updates = cfg.updates_per_rollout()
         micro = cfg.train.micro_batch_size
         store = GenerationStore(ctx.stage_dir / ROLLOUTS_DIR, trainer.rank)
-        accuracy_before = greedy_accuracy(trainer.model, tok, prompts.eval_records, sampling.max_completion_length,
-                                          cfg.task.add_bos, lockstep)
+        accuracy_before = greedy_accuracy(policy.current(), tok, prompts.eval_records,
+                                          sampling.max_completion_length, cfg.task.add_bos)
         log.info("ppo: %d prompts (%d quarantined), rollout batch %d per rank, %d updates per batch; score: %s; "
                  "held-out accuracy before: %s", len(prompts.records), sum(prompts.quarantined.values()),
                  rows_per_rank, updates, "reward model" if reward_model is not None else "reward functions",
@@ -199,8 +206,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             seed = rollout_seed(trainer.seed, index, f"ppo-rank{trainer.dp_rank}")
             was = trainer.model.training
             with torch.no_grad(), trainer.autocast():
-                rollout = sample(trainer.model, tok, prompt_ids, 1, sampling.max_completion_length,
-                                 sampling.temperature, sampling.top_k, sampling.top_p, seed, lockstep=lockstep)
+                rollout = sample(policy.current(), tok, prompt_ids, 1, sampling.max_completion_length,
+                                 sampling.temperature, sampling.top_k, sampling.top_p, seed)
                 trainer.model.eval()
                 try:
                     old_logps, old_values, _ = logps_and_values(trainer.model, head, hidden, rollout,
@@ -259,8 +266,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         stats = trainer.fit(batch_fn, lambda model, batch: ppo_loss(model, batch, cfg, head, hidden),
                             cumulative=("num_tokens",), state=lambda: {"kl_coef": kl_ctl.value},
                             restore=lambda s: setattr(kl_ctl, "value", float(s.get("kl_coef", cfg.kl_coef))))
-        accuracy_after = greedy_accuracy(trainer.model, tok, prompts.eval_records, sampling.max_completion_length,
-                                         cfg.task.add_bos, lockstep)
+        accuracy_after = greedy_accuracy(policy.current(), tok, prompts.eval_records,
+                                         sampling.max_completion_length, cfg.task.add_bos)
         log.info("ppo: held-out accuracy %s → %s; KL coefficient %.4g", accuracy_before, accuracy_after,
                  kl_ctl.value)
     return {**stats, **prompts.stats(), "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from lmhpc.exchange.tokenizer import TextTokenizer
-from lmhpc.infer.generate import Completion, Generator
+from lmhpc.infer.generate import Generator
 from lmhpc.model.transformer import Transformer
 
 
@@ -77,38 +77,22 @@ def build_rollout(prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[
 
 def sample(model: Transformer, tokenizer: TextTokenizer, prompt_ids: Sequence[Sequence[int]], group_size: int,
            max_new_tokens: int, temperature: float, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-           batch_size: int | None = None, lockstep: bool = False) -> Rollout:
+           batch_size: int | None = None) -> Rollout:
     """``group_size`` completions of each prompt (rows ``i*group_size ... (i+1)*group_size − 1`` answer prompt
-    ``i``), seeded by ``seed`` (``temperature`` 0: greedy). ``lockstep``: every row decodes ``max_new_tokens``
-    tokens and is cut after its first end token here, so that ranks sharding one model (FSDP2) run the same
-    number of forward passes."""
+    ``i``), seeded by ``seed`` (``temperature`` 0: greedy). ``model`` is a whole model (not FSDP2 shards: the
+    generator runs in inference mode, one rank alone)."""
     repeated = [list(p) for p in prompt_ids for _ in range(group_size)]
     was_training = model.training
     model.eval()
-    generator = Generator(model, tokenizer, transpose_weights=False)
     try:
-        completions = generator.generate(repeated, max_new_tokens=max_new_tokens, temperature=temperature,
-                                         top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
-                                         ignore_eos=lockstep)
+        completions = Generator(model, tokenizer, transpose_weights=False).generate(
+            repeated, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+            batch_size=batch_size)
     finally:
         model.train(was_training)
-    if lockstep:
-        completions = [_cut_at_end(c, generator.end_ids(chat=False), tokenizer) for c in completions]
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     return build_rollout(repeated, [c.token_ids for c in completions], pad, [c.text for c in completions],
                          [c.finish_reason for c in completions])
-
-
-def _cut_at_end(c: Completion, end_ids: set[int], tokenizer: TextTokenizer) -> Completion:
-    """``c`` ended at its first end token, as the generator would have ended it."""
-    cut = next((i for i, t in enumerate(c.token_ids) if t in end_ids), None)
-    if cut is None:
-        return c
-    tail = c.prompt_ids[-4:]
-    before, text = tokenizer.decode(tail), tokenizer.decode(tail + c.token_ids[:cut])
-    body = text[len(before):] if text.startswith(before) else tokenizer.decode(c.token_ids[:cut])
-    return Completion(c.prompt_ids, c.token_ids[:cut + 1], body, "eos",
-                      c.logprobs[:cut + 1] if c.logprobs is not None else None)
 
 
 def completion_positions(rollout: Rollout) -> torch.Tensor:
