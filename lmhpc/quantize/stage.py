@@ -89,8 +89,8 @@ def calibration_windows(ctx: StageContext, cfg: QuantizeConfig, model: Transform
     return sample_windows(prefixes, c.sequences, seq_len, seed, model.args.vocab_size)
 
 
-def quantize_method(model: Transformer, method: MethodSpec, calibration: torch.Tensor | None
-                    ) -> dict[str, Any]:
+def quantize_method(model: Transformer, method: MethodSpec, calibration: torch.Tensor | None,
+                    batch_size: int = 8) -> dict[str, Any]:
     """Quantize ``model`` in place with one method; its quantized tensors by parameter name."""
     if method.method == "rtn":
         return rtn_model(model, method.nbits(), method.group(), method.sym)
@@ -99,7 +99,7 @@ def quantize_method(model: Transformer, method: MethodSpec, calibration: torch.T
         return gptq_model(model, calibration, method.nbits(), method.group(), method.sym, method.damp,
                           act_order=method.act_order, static_groups=method.static_groups,
                           true_sequential=method.true_sequential, block_size=method.block_size,
-                          batch_size=8)
+                          batch_size=batch_size)
     if method.method == "nf4":
         return nf4_model(model)
     return torchao_int8(model, method.method)
@@ -128,7 +128,7 @@ class Scorer:
         from lmhpc.evaluate.benchdata import find_data_dir
 
         e = cfg.eval
-        self.cfg = EvaluateConfig(models=["-"], tasks=list(e.tasks), task_files=list(e.task_files), limit=e.limit,
+        self.cfg = EvaluateConfig(tasks=list(e.tasks), task_files=list(e.task_files), limit=e.limit,
                                   data_dir=e.data_dir, perplexity=e.perplexity, too_long=e.too_long,
                                   batch_tokens=e.batch_tokens, device=e.device)
         needs_data = bool(e.tasks) or e.perplexity.lambada > 0
@@ -160,7 +160,7 @@ def run_method(ctx: StageContext, cfg: QuantizeConfig, method: MethodSpec, model
     _fresh(folder)
     work = copy.deepcopy(model)
     started = time.perf_counter()
-    quantized = quantize_method(work, method, calibration)
+    quantized = quantize_method(work, method, calibration, cfg.calibration.batch_size)
     seconds = time.perf_counter() - started
     tmp = folder.with_name(f".{method.name}.tmp")
     _fresh(tmp)
