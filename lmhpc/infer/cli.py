@@ -4,7 +4,9 @@ MODEL is anything :func:`lmhpc.exchange.load_model` reads (a pretrain stage fold
 consolidated or Hugging Face folder, a .gguf file). Without ``--prompt`` the prompt is read from stdin.
 With ``--speculative DRAFT`` (a model with the same vocabulary) or ``--draft-layers N`` (the model's first N
 layers) decoding is speculative: same output distribution, greedy output identical; the acceptance rate and
-tokens/s go to stderr.
+tokens/s go to stderr. With ``--medusa HEADS`` (a medusa stage folder) the heads propose a tree of
+continuations that the model verifies in one forward: greedy output identical, sampling by typical
+acceptance. ``--compile``: decoding steps through ``torch.compile`` over a static KV cache.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="speculative decoding with this draft model (same vocabulary)")
     draft.add_argument("--draft-layers", type=int, default=None, metavar="N",
                        help="speculative decoding with the model's first N layers as the draft")
+    draft.add_argument("--medusa", metavar="HEADS", default=None,
+                       help="Medusa decoding with the heads of this medusa stage folder")
+    draft.add_argument("--compile", action="store_true",
+                       help="compile the decoding step (torch.compile over a static KV cache)")
     p.add_argument("--num-draft", type=int, default=4, help="tokens the draft proposes per round (default 4)")
+    p.add_argument("--tree", default=None,
+                   help="with --medusa: candidate tree, paths like '0;1;0,0' or 'chain:3' (default: a 6-node tree)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per completion (text, token ids, finish reason, log-probs)")
     return p
@@ -69,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
               "top_p": args.top_p, "stop": args.stop, "seed": args.seed, "chat": args.chat, "add_bos": args.bos,
               "logprobs": args.json}
     try:
-        if args.speculative is None and args.draft_layers is None:
-            completions = Generator(loaded.model, loaded.tokenizer).generate(
+        if args.tree is not None and args.medusa is None:
+            raise ValueError("--tree goes with --medusa")
+        if args.medusa is not None:
+            completions = _medusa(args, loaded, prompts, common)
+        elif args.speculative is None and args.draft_layers is None:
+            completions = Generator(loaded.model, loaded.tokenizer, compile=args.compile).generate(
                 prompts, repetition_penalty=args.repetition_penalty, **common)
         else:
             completions = _speculative(args, loaded, prompts, common)
@@ -106,4 +118,22 @@ def _speculative(args: argparse.Namespace, loaded: Any, prompts: list, common: d
     s = spec.last_stats
     print(f"speculative: {s.accepted}/{s.proposed} drafts accepted ({100 * s.acceptance_rate:.0f}%), "
           f"{s.tokens_per_round:.2f} tokens per target forward, {s.tokens_per_second:.1f} tokens/s", file=sys.stderr)
+    return completions
+
+
+def _medusa(args: argparse.Namespace, loaded: Any, prompts: list, common: dict[str, Any]) -> list:
+    """Completions by Medusa decoding, its figures printed to stderr."""
+    from lmhpc.medusa.decode import MedusaGenerator
+    from lmhpc.medusa.heads import load_heads
+    from lmhpc.medusa.tree import DEFAULT_TREE, parse_tree
+
+    if args.repetition_penalty != 1.0:
+        raise ValueError("Medusa decoding takes no --repetition-penalty")
+    heads = load_heads(args.medusa, loaded.model)
+    tree = parse_tree(args.tree) if args.tree is not None else DEFAULT_TREE
+    gen = MedusaGenerator(loaded.model, heads, loaded.tokenizer, tree=tree)
+    completions = gen.generate(prompts, **common)
+    s = gen.last_stats
+    print(f"medusa: {s.accepted} head tokens accepted in {s.rounds} forwards, {s.tokens_per_round:.2f} tokens per "
+          f"forward, {s.tokens_per_second:.1f} tokens/s", file=sys.stderr)
     return completions

@@ -56,11 +56,21 @@ def find_stop(text: str, stops: Sequence[str], start: int = 0) -> int | None:
 class Generator:
     """Generates with ``model`` (our :class:`Transformer`, any device and dtype) and its ``tokenizer``.
     ``transpose_weights``: decode float32 CPU linear layers through transposed copies of their weights
-    (:mod:`lmhpc.infer.layout`: faster, at the cost of a second copy of those weights)."""
+    (:mod:`lmhpc.infer.layout`: faster, at the cost of a second copy of those weights). ``compile``: decoding
+    steps go through ``torch.compile`` over the static KV cache (:mod:`lmhpc.infer.compiled`; dense
+    attention-only models; the first batch of each shape compiles), with ``compile_mode`` ("reduce-overhead":
+    CUDA graphs on GPU)."""
 
-    def __init__(self, model: Transformer, tokenizer: TextTokenizer, transpose_weights: bool = True) -> None:
+    def __init__(self, model: Transformer, tokenizer: TextTokenizer, transpose_weights: bool = True,
+                 compile: bool = False, compile_mode: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.decode_step = None
+        if compile:
+            from lmhpc.infer.compiled import CompiledDecodeStep
+
+            self.decode_step = CompiledDecodeStep(model, compile_mode)
+            transpose_weights = False  # the compiler lays the weights out itself
         self.layout = TransposedWeights() if transpose_weights else None
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -169,7 +179,10 @@ class Generator:
                 break
             if seen is not None:
                 seen.scatter_(1, chosen[:, None], True)
-            logits = self._logits(chosen[:, None], cache)
+            if self.decode_step is not None:
+                logits = self.decode_step(chosen[:, None], cache)
+            else:
+                logits = self._logits(chosen[:, None], cache)
         return [r.completion(self.tokenizer, stop, want_logprobs) for r in rows]
 
     def _logits(self, tokens: torch.Tensor, cache: InferenceCache, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -131,3 +131,28 @@ def test_keep_moves_the_accepted_paths_keys_into_place():
         after_a, after_b = model(torch.tensor([[9]]), cache=a), model(torch.tensor([[9]]), cache=b)
         assert torch.allclose(after_a, after_b, atol=1e-5)
     assert VOCAB == model.args.vocab_size
+
+
+def test_generate_command_medusa(tmp_path, sp_tokenizer, target, capsys):
+    from lmhpc.cli import main
+    from lmhpc.exchange.consolidated import write_consolidated
+    from lmhpc.exchange.weights import ModelWeights, model_state, read_tokenizer_files
+    from lmhpc.medusa.heads import save_heads
+
+    weights = ModelWeights(model_state(target), target.args, read_tokenizer_files(sp_tokenizer.path.parent))
+    model = str(write_consolidated(weights, tmp_path / "target"))
+    save_heads(tmp_path / "heads", random_heads(target))
+    [want] = Generator(target, sp_tokenizer).generate(["the quick brown"], max_new_tokens=12)
+    for extra in ([], ["--tree", "chain:2"]):
+        argv = ["generate", model, "--prompt", "the quick brown", "--max-new-tokens", "12", "--medusa",
+                str(tmp_path / "heads"), *extra]
+        assert main(argv) == 0
+        out = capsys.readouterr()
+        assert out.out == want.text + "\n"
+        assert "tokens per forward" in out.err
+    assert main(["generate", model, "--prompt", "a", "--medusa", str(tmp_path / "missing")]) == 2
+    assert "medusa stage" in capsys.readouterr().err
+    assert main(["generate", model, "--prompt", "a", "--medusa", str(tmp_path / "heads"), "--tree", "0,0"]) == 2
+    assert "prefix" in capsys.readouterr().err
+    assert main(["generate", model, "--prompt", "a", "--tree", "chain:2"]) == 2
+    assert "--medusa" in capsys.readouterr().err
