@@ -30,7 +30,8 @@ Using it (a stage's ``run(ctx)``)::
   ``name → number`` (summed over micro-batches and ranks) or ``name → (numerator, denominator)`` (reported as
   the global ratio). The optimised loss is ``Σ loss_sum / Σ n_normaliser`` over the whole global batch, whatever
   the split over ranks and micro-batches. ``model`` is the policy (FSDP-wrapped when ``dp_shard > 1``); the extra
-  modules are ``trainer.extras[name]``.
+  modules are ``trainer.extras[name]`` (they are kept whole on every rank, gradients averaged: build them with
+  the same seed on every rank).
 - ``cumulative``: plain metrics also reported as running totals over the run (TRL's ``num_tokens``).
 - ``state`` / ``restore``: a stage's own JSON state kept in each checkpoint (an adaptive KL coefficient, say).
 - ``after_step(step, row)``: called on every rank after each optimizer step with the logged row.
@@ -356,6 +357,8 @@ class AlignTrainer:
         self.optimizers = [o for o in (self.policy_opt, self.extras_opt) if o is not None]
         if not self.optimizers:
             raise ValueError(f"stage '{ctx.stage}': nothing to train (no parameter requires a gradient)")
+        # from here the global generator drives dropout (LoRA's): a stream of its own per rank
+        torch.manual_seed(int(np.random.SeedSequence([self.seed, self.rank]).generate_state(1, np.uint64)[0] >> 1))
         self.checkpoints = AlignCheckpoints(ctx.stage_dir / "checkpoints", self.model, self.policy_opt, self.extras,
                                             self.extras_opt, self.lora, cfg.keep_last)
 
