@@ -37,6 +37,7 @@ class PreferencePair:
     prompt_ids: tuple[int, ...]
     chosen_ids: tuple[int, ...]
     rejected_ids: tuple[int, ...]
+    margin: float | None = None  # the record's numeric "margin" (reward models may subtract it), if any
 
     @property
     def chosen_length(self) -> int:
@@ -157,7 +158,9 @@ def load_pairs(paths: Sequence[Path], tokenizer: TextTokenizer, max_len: int, qu
         if longest > max_len:
             quarantine.add("too_long", origin, raw, f"{longest} tokens > max_len {max_len}")
             continue
-        pairs.append(PreferencePair(len(pairs), origin, tuple(prompt), tuple(chosen), tuple(rejected)))
+        margin = record.get("margin")
+        margin = float(margin) if isinstance(margin, (int, float)) and not isinstance(margin, bool) else None
+        pairs.append(PreferencePair(len(pairs), origin, tuple(prompt), tuple(chosen), tuple(rejected), margin))
     return PreferenceData(pairs, records_in, dict(quarantine.counts))
 
 
