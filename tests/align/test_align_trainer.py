@@ -195,3 +195,12 @@ def test_global_normalisation_is_independent_of_the_micro_batch_split(tmp_path, 
     la = [r["loss"] for r in read_metrics(a.ctx.stage_dir / "metrics.jsonl")]
     lb = [r["loss"] for r in read_metrics(b.ctx.stage_dir / "metrics.jsonl")]
     assert lb == pytest.approx(la, rel=1e-5)
+
+
+def test_bf16_autocast_trains_close_to_fp32(tmp_path, tiny_source):
+    a, _ = _fit(_ctx(tmp_path / "a"), _train_cfg(steps=3), tiny_source)
+    b, _ = _fit(_ctx(tmp_path / "b"), _train_cfg(steps=3, precision="bf16"), tiny_source)
+    la = [r["loss"] for r in read_metrics(a.ctx.stage_dir / "metrics.jsonl")]
+    lb = [r["loss"] for r in read_metrics(b.ctx.stage_dir / "metrics.jsonl")]
+    assert lb != la and lb == pytest.approx(la, rel=0.03)
+    assert load_model(b.ctx.stage_dir).model.layers["0"].attention.wq.weight.dtype == torch.float32
