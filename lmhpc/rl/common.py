@@ -149,10 +149,13 @@ class RolloutPolicy:
 
 
 class GenerationStore:
-    """This rank's newest generation batch, in memory and in ``<stage>/rollouts/rank<r>/gen-<g>.pt``."""
+    """This rank's newest generation batch, in memory and, with ``persist`` (a batch that serves several
+    optimizer steps), in ``<stage>/rollouts/rank<r>/gen-<g>.pt``. A batch that serves one step is made again
+    after a resume from the very weights that made it the first time: it needs no file."""
 
-    def __init__(self, folder: Path, rank: int) -> None:
+    def __init__(self, folder: Path, rank: int, persist: bool = True) -> None:
         self.folder = folder / f"rank{rank:05d}"
+        self.persist = persist
         self.index: int | None = None
         self.value: Any = None
 
@@ -160,6 +163,9 @@ class GenerationStore:
         if self.index == index:
             return self.value
         path = self.folder / f"gen-{index}.pt"
+        if not self.persist:
+            self.index, self.value = index, make()
+            return self.value
         if path.is_file():
             value = torch.load(path, weights_only=False)
         else:

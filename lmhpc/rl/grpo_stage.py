@@ -97,7 +97,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         rows_per_rank = cfg.train.global_batch_size // trainer.dp_size
         prompts_per_rank = rows_per_rank // group
         micro = cfg.train.micro_batch_size
-        store = GenerationStore(ctx.stage_dir / ROLLOUTS_DIR, trainer.rank)
+        store = GenerationStore(ctx.stage_dir / ROLLOUTS_DIR, trainer.rank, persist=cfg.num_iterations > 1)
         accuracy_before = greedy_accuracy(policy.current(), tok, prompts.eval_records,
                                           sampling.max_completion_length, cfg.task.add_bos)
         log.info("grpo: %d prompts (%d quarantined), %d per rank per generation × %d completions; held-out "

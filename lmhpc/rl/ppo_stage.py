@@ -191,7 +191,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         minibatches = rows_per_rank // mini_per_rank
         updates = cfg.updates_per_rollout()
         micro = cfg.train.micro_batch_size
-        store = GenerationStore(ctx.stage_dir / ROLLOUTS_DIR, trainer.rank)
+        store = GenerationStore(ctx.stage_dir / ROLLOUTS_DIR, trainer.rank, persist=updates > 1)
         accuracy_before = greedy_accuracy(policy.current(), tok, prompts.eval_records,
                                           sampling.max_completion_length, cfg.task.add_bos)
         log.info("ppo: %d prompts (%d quarantined), rollout batch %d per rank, %d updates per batch; score: %s; "

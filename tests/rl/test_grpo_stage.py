@@ -88,10 +88,12 @@ def _interrupt(run: StageRun, after_rows: int, total: int) -> int:
 
 
 @pytest.mark.slow
-def test_preemption_resumes_with_bitwise_identical_losses(tmp_path, policy_source):
+@pytest.mark.parametrize("iterations", [3, 1])
+def test_preemption_resumes_with_bitwise_identical_losses(tmp_path, policy_source, iterations):
     """Three iterations per generation batch, a KL to the reference and periodic checkpoints: the resume lands
-    inside a generation batch and must reuse it."""
-    section = _grpo(policy_source, num_iterations=3, beta=0.04, loss_type="grpo",
+    inside a generation batch and must reuse it. One iteration: the batch is sampled again, from the same
+    weights and seed."""
+    section = _grpo(policy_source, num_iterations=iterations, beta=0.04, loss_type="grpo" if iterations > 1 else "dapo",
                     train={"steps": 14, "checkpoint_interval": 6, "global_batch_size": 32, "micro_batch_size": 16})
     reference = _run(tmp_path, "reference", section)
     assert reference.run(timeout=400) == [0], reference.logs()
