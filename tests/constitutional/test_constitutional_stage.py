@@ -65,7 +65,7 @@ def test_outputs_have_the_exact_formats_and_account_for_every_prompt(clean):
 
 
 def test_the_same_seed_gives_the_same_files_and_another_seed_others(clean, tmp_path, model_dir):
-    again = config(tmp_path, "clean", model_dir)  # same run name: the run's identity is part of nothing generated
+    again = config(tmp_path, "clean", model_dir)  # the same config in another folder
     assert run_stage(again, "constitutional") == 0
     assert stage_files(again.run_dir / "constitutional") == stage_files(clean)
     other = write_run_config(tmp_path, "seeded", ["constitutional"], {"constitutional": {
