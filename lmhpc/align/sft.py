@@ -50,7 +50,10 @@ def data_files(ctx: StageContext, cfg: SftConfig) -> list[Path]:
     """The configured files, then the constitutional stage's revisions when the run chains it."""
     files = cfg.data_files(ctx.cfg)
     if CONSTITUTIONAL in ctx.inputs:
-        files.append(ctx.stage_output(CONSTITUTIONAL) / CONSTITUTIONAL_SFT)
+        revisions = ctx.stage_output(CONSTITUTIONAL) / CONSTITUTIONAL_SFT
+        if not revisions.is_file():
+            raise FileNotFoundError(f"the constitutional stage left no {CONSTITUTIONAL_SFT}: {revisions}")
+        files.append(revisions)
     return files
 
 

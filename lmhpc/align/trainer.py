@@ -332,6 +332,9 @@ class AlignTrainer:
         self.n_params = count_params(model)
         self.lora: LoRAAdapters | None = None
         if lora is not None and lora.enabled:
+            if "output" in lora.targets and self.args.tie_embeddings:
+                raise ValueError(f"{ctx.stage}.lora.targets: 'output' shares its weight with the embedding in this "
+                                 "model (tie_embeddings); merging an adapter into it would change the embedding too")
             self.lora = apply_lora(model, lora, generator_seed=self.seed)
         self.extras = nn.ModuleDict(dict(extra_modules or {}))
         if self.lora is not None:
