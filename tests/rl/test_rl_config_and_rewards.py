@@ -121,3 +121,19 @@ def test_bad_records_are_counted_and_quarantined(tmp_path):
     assert [r["id"] for r in kept] == ["t-2"] and kept[0]["task"] == "custom"
     lines = [json.loads(x) for x in (tmp_path / "q.jsonl").read_text().splitlines()]
     assert [x["reason"] for x in lines] == ["not_json", "not_json", "empty_answer"]
+
+
+def test_ppo_reads_the_reward_stage_when_the_run_chains_it(tmp_path):
+    from lmhpc.config import build_root
+    from lmhpc.stages import STAGES
+
+    if "reward" not in STAGES:
+        pytest.skip("no reward stage registered")
+    cfg = build_root({"run": {"name": "r", "runs_dir": str(tmp_path), "stages": ["pretrain", "reward", "ppo"]}})
+    assert STAGES["ppo"].reads_for(cfg) == ("pretrain", "reward")
+    cfg.ppo.reward_model = str(tmp_path)
+    assert STAGES["ppo"].reads_for(cfg) == ("pretrain",)
+    cfg.ppo.init_from = str(tmp_path)
+    assert STAGES["ppo"].reads_for(cfg) == ()
+    alone = build_root({"run": {"name": "r", "runs_dir": str(tmp_path), "stages": ["sft", "grpo"]}})
+    assert STAGES["grpo"].reads_for(alone) == ("sft",)
