@@ -30,6 +30,12 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(" bpb")
 
 
+def exceeds(diff: float, stderr: float) -> bool:
+    """``|diff| > stderr``, where a difference equal to its error (one item of n changed, up to rounding) does not
+    count."""
+    return abs(diff) > stderr * (1 + 1e-9)
+
+
 def difference(value: float | None, stderr: float | None, base: float | None, base_stderr: float | None
                ) -> dict[str, Any]:
     """``diff``, its standard error and whether it exceeds it (None where a figure is missing)."""
@@ -39,7 +45,7 @@ def difference(value: float | None, stderr: float | None, base: float | None, ba
     if stderr is None or base_stderr is None:
         return {"diff": diff, "diff_stderr": None, "exceeds": None}
     se = math.sqrt(stderr**2 + base_stderr**2)
-    return {"diff": diff, "diff_stderr": se, "exceeds": abs(diff) > se}
+    return {"diff": diff, "diff_stderr": se, "exceeds": exceeds(diff, se)}
 
 
 def compare(variants: list[Variant], rows: list[dict[str, Any]], data: dict[str, dict[str, Any]],
@@ -66,7 +72,7 @@ def compare(variants: list[Variant], rows: list[dict[str, Any]], data: dict[str,
                 if variant.name in items and BASELINE in items and entry["diff"] is not None:
                     paired = paired_stderr(metric, items[variant.name], items[BASELINE])
                 entry["paired_stderr"] = paired
-                entry["exceeds_paired"] = None if paired is None else abs(entry["diff"]) > paired
+                entry["exceeds_paired"] = None if paired is None else exceeds(entry["diff"], paired)
                 if entry["diff"] is not None:
                     better = (entry["diff"] < 0) == lower_is_better(metric)
                     entry["direction"] = "better" if better else "worse"

@@ -91,6 +91,8 @@ def check_comparison(run_dir: Path) -> dict:
     """The checks every ablation run must pass; returns ``comparison.json``."""
     import math
 
+    from lmhpc.ablate.compare import exceeds
+
     stage = run_dir / "ablate"
     assert (stage / "DONE").exists()
     comparison = json.loads((stage / "comparison.json").read_text())
@@ -117,9 +119,9 @@ def check_comparison(run_dir: Path) -> dict:
             b = base["scores"][metric]
             assert s["diff"] == s["value"] - b["value"]
             assert math.isclose(s["diff_stderr"], math.hypot(s["stderr"], b["stderr"]))
-            assert s["exceeds"] == (abs(s["diff"]) > s["diff_stderr"])
+            assert s["exceeds"] == exceeds(s["diff"], s["diff_stderr"])
             # the same documents and items for every probe: a paired error for every metric
-            assert s["paired_stderr"] is not None and s["exceeds_paired"] == (abs(s["diff"]) > s["paired_stderr"])
+            assert s["paired_stderr"] is not None and s["exceeds_paired"] == exceeds(s["diff"], s["paired_stderr"])
             if s["exceeds"]:
                 exceeding.append((v["name"], metric))
     assert [(d["variant"], d["metric"]) for d in comparison["exceeding"]] == exceeding

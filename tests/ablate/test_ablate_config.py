@@ -125,6 +125,13 @@ def test_difference_and_its_standard_error():
     assert d["exceeds"] is False
     assert difference(0.3, None, 0.2, 0.1) == {"diff": pytest.approx(0.1), "diff_stderr": None, "exceeds": None}
     assert difference(None, 0.1, 0.2, 0.1)["diff"] is None
+    # one item of 188 changed: the difference equals its paired error, which is not "beyond" it
+    from lmhpc.ablate.compare import exceeds
+    from lmhpc.evaluate.multiple_choice import mean_stderr
+
+    n = 188
+    diffs = [1.0] + [0.0] * (n - 1)
+    assert not exceeds(sum(diffs) / n, mean_stderr(diffs)) and exceeds(2 / n, mean_stderr(diffs))
 
 
 def test_comparison_marks_what_exceeds_its_standard_error(tmp_path):
