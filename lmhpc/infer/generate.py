@@ -29,6 +29,7 @@ from lmhpc.model.transformer import Transformer
 Message = Mapping[str, str]
 Prompt = str | Sequence[int] | Sequence[Message]
 CHAT_END = "<|im_end|>"
+STATIC_SLOTS = 256  # compiled decoding: cache lengths are rounded up to a multiple of this (fewer recompiles)
 
 
 @dataclass
@@ -149,7 +150,10 @@ class Generator:
             seen = torch.zeros(bsz, vocab, dtype=torch.bool, device=self.device)
             rows_of, _ = mask.nonzero(as_tuple=True)
             seen[rows_of, tokens[mask]] = True  # the prompt's real tokens (padding is no token of the row)
-        cache = InferenceCache(self.model.args, bsz, width + max_new_tokens, self.device, self.dtype)
+        slots = width + max_new_tokens
+        if self.decode_step is not None:  # the compiled step's shapes: one graph per batch size and 256 slots
+            slots = -(-slots // STATIC_SLOTS) * STATIC_SLOTS
+        cache = InferenceCache(self.model.args, bsz, slots, self.device, self.dtype)
         logits = self._logits(tokens, cache, mask)
         rows = [_Row(p) for p in prompts]
         end_tensor = torch.tensor(sorted(end_ids), dtype=torch.long, device=self.device)
