@@ -137,7 +137,7 @@ def test_sft_loss_is_cross_entropy_on_assistant_tokens(tokenizer):
     targets = batch["tokens"][0, 1:]
     sel = torch.tensor(mask[1:])
     ce = torch.nn.functional.cross_entropy(logits[sel], targets[sel], reduction="sum")
-    assert n == int(sel.sum()) and float(loss.detach()) == pytest.approx(float(ce), rel=1e-5)
+    assert n == int(sel.sum()) and float(loss.detach()) == pytest.approx(float(ce.detach()), rel=1e-5)
     probs = torch.softmax(logits[sel], -1)
     entropy = float(-(probs * probs.log()).sum())
     assert metrics["entropy"][0] == pytest.approx(entropy, rel=1e-4) and metrics["entropy"][1] == n
