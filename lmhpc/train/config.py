@@ -151,9 +151,27 @@ class HeldOutConfig:
 
 
 @dataclass
-class PretrainConfig:
-    """Pretrain stage settings (torch-native backend)."""
+class MegatronConfig:
+    """Options of the Megatron-Core backend (``backend: megatron``) that the native one has no use for."""
 
+    spec: Literal["auto", "te", "local"] = "auto"  # auto: Transformer Engine layers when TE imports
+    fp8_recipe: Literal["delayed", "tensorwise"] = "delayed"  # TE delayed scaling / current (tensorwise) scaling
+    fp8_format: Literal["hybrid", "e4m3"] = "hybrid"  # hybrid: e4m3 forward, e5m2 gradients
+    fp8_amax_history_len: int = 1024  # delayed scaling's amax history
+    fp8_first_last_bf16: bool = False  # keep the first/last layers in bf16 under FP8
+    fp8_bf16_first_layers: int = 1
+    fp8_bf16_last_layers: int = 1
+    distributed_optimizer: bool = True  # shard optimizer states over data parallel (when dp_shard > 1)
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    """Pretrain stage settings: the torch-native backend (default) or Megatron-Core (``backend: megatron``)."""
+
+    backend: Literal["native", "megatron"] = "native"
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
     model: ModelArgs = field(default_factory=ModelArgs)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -257,9 +275,26 @@ class PretrainConfig:
             fail("train.fp8",
                  f"float8 matmuls need dim ({m.dim}) and the FFN hidden size ({m.hidden_dim}) divisible by 16")
         self._validate_parallel(root, fail)
+        if self.backend == "megatron":
+            self._validate_megatron(root, fail)
+
+    def _validate_megatron(self, root: RunConfig, fail: Any) -> None:
+        from lmhpc.train.megatron.translate import problems
+
+        for key, message in problems(self):
+            fail(key, f"backend=megatron: {message}")
+        res = root.resources_for("pretrain")
+        if not res.gpus_per_node:
+            from lmhpc.config import ConfigError
+
+            raise ConfigError(
+                "resources.pretrain.gpus_per_node",
+                "pretrain.backend=megatron runs on CUDA GPUs only: give the pretrain stage GPUs (one task per GPU) "
+                "or use pretrain.backend=native on CPU")
 
     def _validate_parallel(self, root: RunConfig, fail: Any) -> None:
         m, p, t = self.model, self.parallel, self.train
+        native = self.backend == "native"  # limits of the native backend that Megatron-Core does not have
         res = root.resources_for("pretrain")
         world = res.tasks * res.nodes
         try:
@@ -276,24 +311,24 @@ class PretrainConfig:
                 fail("train.vocab_multiple_of", f"must be a multiple of tp={r.tp} (the vocabulary is split over tp)")
             if r.sequence_parallel and t.seq_len % (r.tp * r.cp):
                 fail("train.seq_len", f"{t.seq_len} is not divisible by tp×cp={r.tp * r.cp} (sequence parallel)")
-            if m.moe.num_experts:
+            if m.moe.num_experts and native:
                 fail("parallel.tp", "MoE layers are not tensor-parallel in this backend; use dp/fsdp/pp")
             if "M" in m.layer_pattern:
                 fail("parallel.tp", "Mamba layers are not tensor-parallel in this backend")
-            if t.fp8:
+            if t.fp8 and native:
                 fail("train.fp8", "float8 with tensor parallel is not supported by this backend (use tp = 1)")
-            if not r.sequence_parallel:
+            if not r.sequence_parallel and native:
                 fail("parallel.sequence_parallel", "tensor parallel without sequence parallel is not supported "
                      "by this backend (replicated norm gains would mix plain tensors and DTensors)")
-            if r.dp_replicate > 1 and r.dp_shard == 1:
+            if r.dp_replicate > 1 and r.dp_shard == 1 and native:
                 fail("parallel.dp_replicate", "with tp > 1, data parallelism is FSDP/HSDP: set dp_shard > 1")
-        if m.tie_embeddings and (r.tp > 1 or r.pp > 1):
+        if m.tie_embeddings and (r.tp > 1 or r.pp > 1) and native:
             fail("model.tie_embeddings", "tied embeddings need tp = 1 and pp = 1")
         if r.cp > 1:
             if t.seq_len % (2 * r.cp):
                 fail("train.seq_len",
                      f"{t.seq_len} is not divisible by 2×cp={2 * r.cp} (load-balanced context parallel)")
-            if r.pp > 1:
+            if r.pp > 1 and native:
                 fail("parallel.cp", "context parallel together with pipeline parallel is not supported")
             if "M" in m.layer_pattern:
                 fail("parallel.cp", "Mamba layers need the whole sequence: context parallel is attention-only")
@@ -310,7 +345,7 @@ class PretrainConfig:
                 fail("parallel.ep", f"model.moe.num_experts={m.moe.num_experts} is not divisible by ep={r.ep}")
             if r.dp_shard % r.ep:
                 fail("parallel.ep", f"ep={r.ep} must divide dp_shard={r.dp_shard} (it borrows FSDP ranks)")
-            if r.tp > 1 or r.pp > 1 or r.cp > 1:
+            if (r.tp > 1 or r.pp > 1 or r.cp > 1) and native:
                 fail("parallel.ep", "expert parallel runs with data parallel only in this backend (tp = pp = cp = 1)")
         if r.pp > 1:
             stages = r.pp * r.pp_stages_per_rank
