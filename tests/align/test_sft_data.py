@@ -133,7 +133,7 @@ def test_sft_loss_is_cross_entropy_on_assistant_tokens(tokenizer):
     tokens, mask = tokenize_chat(tokenizer, CONVERSATION)
     batch = collate(padded_rows([type("E", (), {"tokens": tokens, "assistant": mask})()]), 0, packed=False)
     loss, n, metrics = sft_loss(model, batch)
-    logits = model(batch["tokens"])[0, :-1]
+    logits = model(batch["tokens"])[0, :-1].detach()
     targets = batch["tokens"][0, 1:]
     sel = torch.tensor(mask[1:])
     ce = torch.nn.functional.cross_entropy(logits[sel], targets[sel], reduction="sum")
