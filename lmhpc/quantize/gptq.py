@@ -11,6 +11,9 @@ so far.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from lmhpc.quantize.rtn import QuantizedTensor, check_quant_args, grid_params, quantize_codes
@@ -30,6 +33,18 @@ class HessianAccumulator:
         self.hessian *= self.count / (self.count + n)
         self.count += n
         self.hessian += (2.0 / self.count) * x.T @ x
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Torch on one intra-op thread inside the block: the column loop is thousands of small ops, which a
+    second thread only slows down (by 10-70x on a busy machine, where the threads wait on each other)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
@@ -61,6 +76,18 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
     h += damp * torch.mean(torch.diag(h)) * torch.eye(width, dtype=torch.float64)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     codes = torch.zeros(out, width, dtype=torch.float64)
+    with one_thread():
+        _column_loop(w, hinv, codes, scales, zeros, perm, group, bits, symmetric, block_size, static_groups)
+    inverse = torch.argsort(perm)
+    return QuantizedTensor(codes[:, inverse].to(torch.uint8), scales.float(), zeros.float(), bits, group,
+                           symmetric)
+
+
+def _column_loop(w: torch.Tensor, hinv: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor, perm: torch.Tensor, group: int, bits: int, symmetric: bool, block_size: int,
+                 static_groups: bool) -> None:
+    """Quantize the (permuted) columns of ``w`` in lazy blocks, spreading each error over the later columns."""
+    width = w.shape[1]
     for start in range(0, width, block_size):
         end = min(start + block_size, width)
         w_block = w[:, start:end].clone()
@@ -79,6 +106,3 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
             w_block[:, i:] -= err[:, None] * hinv[col, col:end][None, :]
             err_block[:, i] = err
         w[:, end:] -= err_block @ hinv[start:end, end:]
-    inverse = torch.argsort(perm)
-    return QuantizedTensor(codes[:, inverse].to(torch.uint8), scales.float(), zeros.float(), bits, group,
-                           symmetric)
