@@ -136,3 +136,43 @@ def from_megatron(state: dict[str, torch.Tensor], args: ModelArgs) -> dict[str, 
         out[ours + "ffn_norm.weight"] = state[(mlp + "linear_fc1.layer_norm_weight") if te
                                               else (theirs + "pre_mlp_layernorm.weight")]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# megatron-core distributed checkpoints (the megatron backend's step folders)
+
+CHECKPOINT_SUBDIR = "megatron"  # inside checkpoints/step-<N>/, next to train_state.json and COMPLETE
+
+
+def unstack_layers(plain: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """A distributed checkpoint's whole tensors (``load_plain_tensors``) in GPTModel state-dict naming.
+
+    megatron-core stores the decoder layers stacked, ``decoder.layers.<name>`` with a leading axis over the
+    global layers (whatever the pipeline layout), and the norms under Transformer Engine names whatever the
+    spec; ``_extra_state`` entries and optimizer states are dropped."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in plain.items():
+        if key.endswith("_extra_state") or not torch.is_tensor(value) or key.startswith("optimizer"):
+            continue
+        if key.startswith("decoder.layers.") and not _LAYER.match(key):
+            if value.shape[0] != n_layers:
+                raise ValueError(f"{key}: {value.shape[0]} stacked layers, model.n_layers={n_layers}")
+            rest = key[len("decoder.layers."):]
+            for i in range(n_layers):
+                out[f"decoder.layers.{i}.{rest}"] = value[i]
+        else:
+            out[key] = value
+    return out
+
+
+def read_megatron_checkpoint(step_dir, args: ModelArgs) -> dict[str, torch.Tensor]:
+    """Our state dict from a megatron backend checkpoint step folder (``step-<N>/megatron``)."""
+    from pathlib import Path
+
+    from megatron.core import dist_checkpointing
+
+    folder = Path(step_dir) / CHECKPOINT_SUBDIR
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist (not a megatron backend checkpoint)")
+    plain = dist_checkpointing.load_plain_tensors(str(folder))
+    return from_megatron(unstack_layers(plain, args.n_layers), args)

@@ -111,6 +111,10 @@ def build_pipeline(parts: list[torch.nn.Module], ids: list[int], dims: ParallelD
 def run(ctx: StageContext) -> dict[str, Any]:
     """Train; returns the stage's stats."""
     cfg = ctx.cfg.pretrain
+    if cfg.backend == "megatron":
+        from lmhpc.train.megatron.stage import run as run_megatron
+
+        return run_megatron(ctx)
     device = pick_device(cfg.train.device, ctx.local_rank)
     created = init_distributed(ctx.rank, ctx.world_size, device)
     try:

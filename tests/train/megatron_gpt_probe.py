@@ -80,7 +80,25 @@ def main() -> None:
     back = from_megatron({k: v for k, v in model.state_dict().items() if torch.is_tensor(v)}, args)
     exact = back.keys() == {k for k in state if not (tied and k == "output.weight")} and all(
         torch.equal(back[k], state[k]) for k in back)
-    print(json.dumps({"missing": missing, "unexpected": list(unexpected),
+    # the layout of megatron's distributed checkpoints: the whole tensors its sharded state dict describes
+    # (what load_plain_tensors returns: layers stacked, norms under Transformer Engine names)
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    plain: dict[str, torch.Tensor] = {}
+    for item in model.sharded_state_dict().values():
+        shards = item.build() if isinstance(item, ShardedTensorFactory) else item
+        for sh in shards if isinstance(shards, list) else [shards]:
+            if not isinstance(sh, ShardedTensor):
+                continue
+            whole = plain.setdefault(sh.key, torch.zeros(sh.global_shape))
+            index = tuple(slice(o, o + 1) for o in sh.global_offset[:sh.prepend_axis_num]) + tuple(
+                slice(o, o + n) for o, n in zip(sh.global_offset[sh.prepend_axis_num:], sh.data.shape))
+            whole[index] = sh.data.detach().reshape(whole[index].shape)
+    from lmhpc.exchange.megatron import unstack_layers
+
+    from_ckpt = from_megatron(unstack_layers(plain, args.n_layers), args)
+    layout_exact = from_ckpt.keys() == back.keys() and all(torch.equal(from_ckpt[k], state[k]) for k in from_ckpt)
+    print(json.dumps({"missing": missing, "unexpected": list(unexpected), "checkpoint_layout_exact": layout_exact,
                       "max_abs_diff": (theirs - reference).abs().max().item(),
                       "max_abs_logit": reference.abs().max().item(), "state_round_trip_exact": exact}))
     dist.destroy_process_group()

@@ -259,7 +259,16 @@ def test_megatron_gpt_model_gives_our_logits(heads, kv, tied):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["missing"] == [] and result["unexpected"] == []
     assert result["max_abs_diff"] < 1e-5 * max(1.0, result["max_abs_logit"])
-    assert result["state_round_trip_exact"]
+    assert result["state_round_trip_exact"] and result["checkpoint_layout_exact"]
+
+
+def test_training_entry_refuses_without_cuda():
+    from lmhpc.train.megatron.stage import run
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the refusal on a machine without CUDA")
+    with pytest.raises(RuntimeError, match="CUDA GPUs only"):
+        run(None)
 
 
 # ---------------------------------------------------------------------------------------------
