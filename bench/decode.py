@@ -41,9 +41,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.generate import PROMPTS, SMOLLM2, bench_models, machine, timed, versions
-from lmhpc.exchange.load import build_model
+from lmhpc.exchange.load import build_model, load_model
 from lmhpc.exchange.tokenizer import TextTokenizer
-from lmhpc.exchange.weights import ModelWeights
+from lmhpc.exchange.weights import ModelWeights, model_state
 from lmhpc.infer.generate import Generator
 from lmhpc.infer.layout import TransposedWeights
 from lmhpc.infer.speculative import SpeculativeGenerator, truncated_draft
@@ -71,10 +71,11 @@ def prose_tokens(tokenizer: TextTokenizer, vocab: int, max_tokens: int) -> np.nd
     return np.array(ids, dtype=np.int64) % vocab
 
 
-def trained_heads(model: Transformer, tokenizer: TextTokenizer, args: argparse.Namespace) -> tuple[MedusaHeads, dict]:
+def trained_heads(name: str, model: Transformer, tokenizer: TextTokenizer, args: argparse.Namespace
+                  ) -> tuple[MedusaHeads, dict]:
     """Medusa heads for ``model``: read from ``--heads``, or trained here (self-distillation on prose)."""
-    if args.heads:
-        return load_heads(args.heads, model), {"heads": args.heads}
+    if args.heads.get(name):
+        return load_heads(args.heads[name], model), {"heads": args.heads[name]}
     tokens = prose_tokens(tokenizer, model.args.vocab_size, args.medusa_tokens)
     heads = MedusaHeads(HeadsArgs(model.args.dim, model.args.vocab_size, args.medusa_heads), model.output)
     settings = TrainSettings(steps=args.medusa_steps, batch_size=args.medusa_batch, seq_len=args.medusa_seq_len,
@@ -111,8 +112,9 @@ def verify_cost(model: Transformer, tokens: int, context: int = 32, repeats: int
 def bench_model(name: str, weights: ModelWeights, tokenizer: TextTokenizer, args: argparse.Namespace) -> list[dict]:
     """One row per configuration on one model, float32, each against plain greedy."""
     model = build_model(weights).eval()
-    encoded = [[t % weights.args.vocab_size for t in tokenizer.encode(p)] for p in PROMPTS[:args.prompts]]
     new = args.new_tokens
+    encoded = [[t % weights.args.vocab_size for t in tokenizer.encode(p)] for p in PROMPTS[:args.prompts]]
+    encoded = [p[-max(1, weights.args.max_seq_len - new - 32):] for p in encoded]  # room for the tree
     plain = Generator(model, tokenizer)
     runners: dict[str, tuple[dict, object]] = {}
     depths = [n for n in args.draft_layers if n < weights.args.n_layers] or [1]
@@ -122,7 +124,7 @@ def bench_model(name: str, weights: ModelWeights, tokenizer: TextTokenizer, args
             runners[f"speculative draft {n}/{weights.args.n_layers} k {k}"] = (
                 {"method": "speculative", "draft_layers": n, "num_draft": k}, spec)
     if args.trees:
-        heads, info = trained_heads(model, tokenizer, args)
+        heads, info = trained_heads(name, model, tokenizer, args)
         for text in args.trees:
             tree = DEFAULT_TREE if text == "default" else parse_tree(text)
             gen = MedusaGenerator(model, heads, tokenizer, tree=tree)
@@ -191,12 +193,16 @@ def main() -> int:
     p.add_argument("--num-draft", default="2", help="comma-separated tokens proposed per round")
     p.add_argument("--trees", default="chain:1|chain:2|default",
                    help="Medusa trees, '|'-separated ('default', 'chain:N' or paths like '0;1;0,0'); '' for none")
-    p.add_argument("--heads", default="", help="a medusa stage folder to take the heads from (one model only)")
+    p.add_argument("--heads", default="", help="medusa stage folders to take heads from: MODEL=FOLDER,... "
+                                              "(the other models' heads are trained here)")
+    p.add_argument("--demo-model", default=str(REPO / "runs" / "demo" / "pretrain"),
+                   help="the trained demo model (a pretrain stage folder); where it is missing, a random model of "
+                        "the demo's shape")
     p.add_argument("--medusa-heads", type=int, default=3)
     p.add_argument("--medusa-steps", type=int, default=40, help="training steps of the heads trained here")
     p.add_argument("--medusa-batch", type=int, default=4)
     p.add_argument("--medusa-seq-len", type=int, default=64)
-    p.add_argument("--medusa-lr", type=float, default=1e-3)
+    p.add_argument("--medusa-lr", type=float, default=3e-3)
     p.add_argument("--medusa-tokens", type=int, default=200_000, help="prose tokens to train the heads on")
     p.add_argument("--compile-models", default="smollm2,demo", help="models whose compiled decoding is measured")
     p.add_argument("--prompts", type=int, default=2, help="how many of bench/generate.py's prompts")
@@ -211,17 +217,26 @@ def main() -> int:
     args.draft_layers, args.num_draft = _ints(args.draft_layers), _ints(args.num_draft)
     args.trees = [t for t in args.trees.split("|") if t.strip()]
     args.compile_models = [m for m in args.compile_models.split(",") if m]
-    if args.heads and "," in args.models:
-        p.error("--heads belongs to one model: name it alone in --models")
+    try:
+        args.heads = dict(pair.split("=", 1) for pair in args.heads.split(",") if pair)
+    except ValueError:
+        p.error(f"--heads: MODEL=FOLDER pairs, got {args.heads!r}")
     torch.set_num_threads(args.threads)
     load_before = list(os.getloadavg())
     loaded = bench_models()
     if loaded is None:
         return 2
     models, tokenizer = loaded
+    tokenizers = {name: tokenizer for name in models}
+    demo_source = "random init of the demo's shape"
+    if Path(args.demo_model, "DONE").is_file():
+        demo = load_model(args.demo_model)
+        models["demo"] = ModelWeights(model_state(demo.model), demo.model.args)
+        tokenizers["demo"] = demo.tokenizer
+        demo_source = f"the trained demo model ({os.path.relpath(args.demo_model, REPO)})"
     rows: list[dict] = []
     for name in args.models.split(","):
-        rows += bench_model(name, models[name], tokenizer, args)
+        rows += bench_model(name, models[name], tokenizers[name], args)
     first = [r for r in rows if r["model"] == rows[0]["model"]]
     best = {m: max((r for r in first if r["method"] == m), key=lambda r: r["ratio_vs_greedy"], default=None)
             for m in ("speculative", "medusa", "compiled")}
@@ -242,7 +257,7 @@ def main() -> int:
                    "prompts": args.prompts, "new_tokens": args.new_tokens, "rounds": args.rounds,
                    "threads": args.threads,
                    "weights": f"SmolLM2-135M-Instruct Q4_1 GGUF ({SMOLLM2}), dequantised, float32; demo: "
-                              "random init of the demo's shape; drafts: the target's first layers, untrained"},
+                              f"{demo_source}; drafts: the target's first layers, untrained"},
         "machine": {**machine(args.threads), "load_avg_before": load_before},
         "versions": versions(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
