@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lmhpc.align.trainer import AlignTrainer, BatchSlot, distributed
+from lmhpc.align.trainer import AlignCheckpoints, AlignTrainer, BatchSlot, distributed
 from lmhpc.context import StageContext
 from lmhpc.exchange.load import build_model, read_weights
 from lmhpc.exchange.source import model_source
@@ -29,17 +29,31 @@ from lmhpc.preference.config import MODEL_STAGES, RewardConfig
 from lmhpc.preference.data import collate_pairs, pad_id_of
 from lmhpc.preference.losses import center_penalty, reward_losses
 from lmhpc.preference.reward_model import FOLDER, RewardModel, save_reward_model
+from lmhpc.train.optim import build_optimizer
 
 log = logging.getLogger("lmhpc.reward")
 
 
-class ExtremaTrainer(AlignTrainer):
-    """The core with min/max metrics: ``note(name, values)`` during ``loss_fn``; the step reports the minimum
-    (names starting ``min_``) or maximum over its micro-batches and ranks. (The core sums or divides metrics.)"""
+class RewardTrainer(AlignTrainer):
+    """The core, adapted to a model read through its hidden states:
+
+    - the output layer (unused: no gradient ever reaches it) is frozen and left out of the optimizer, so that its
+      state has the same entries in every checkpoint (a parameter that never had a gradient has none);
+    - min/max metrics: ``note(name, value)`` during ``loss_fn``; the step reports the minimum (names starting
+      ``min_``) or the maximum over its micro-batches and ranks (the core sums or divides metrics)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._extrema: dict[str, float] = {}
+        output = self.model.output
+        if output is not None and not self.args.tie_embeddings:
+            for param in output.parameters():
+                param.requires_grad_(False)
+            self.policy_params = [p for p in self.model.parameters() if p.requires_grad]
+            self.policy_opt = build_optimizer(self.model, self.args, self.opt_cfg) if self.policy_params else None
+            self.optimizers = [o for o in (self.policy_opt, self.extras_opt) if o is not None]
+            self.checkpoints = AlignCheckpoints(self.ctx.stage_dir / "checkpoints", self.model, self.policy_opt,
+                                                self.extras, self.extras_opt, self.lora, self.cfg.keep_last)
 
     def note(self, name: str, value: float) -> None:
         sign = -1.0 if name.startswith("min_") else 1.0
@@ -70,7 +84,7 @@ def last_token_hidden(model: nn.Module, tokens: torch.Tensor, lengths: torch.Ten
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), (lengths.to(hidden.device) - 1).clamp(min=0)]
 
 
-def reward_loss_fn(cfg: RewardConfig, trainer: ExtremaTrainer):
+def reward_loss_fn(cfg: RewardConfig, trainer: RewardTrainer):
     head = trainer.extras["score_head"]
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, Any]]:
@@ -102,7 +116,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         head.weight.copy_(torch.randn(head.weight.shape, generator=torch.Generator().manual_seed(seed))
                           * args.init_std)
     with distributed(ctx, cfg.train) as device:
-        trainer = ExtremaTrainer(ctx, cfg.train, source, device, lora=cfg.lora, extra_modules={"score_head": head})
+        trainer = RewardTrainer(ctx, cfg.train, source, device, lora=cfg.lora, extra_modules={"score_head": head})
         if cfg.train.max_len > trainer.args.max_seq_len:
             raise ValueError(f"reward.train.max_len={cfg.train.max_len} exceeds the model's max_seq_len "
                              f"{trainer.args.max_seq_len} ({source})")
@@ -134,7 +148,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-def _save(ctx: StageContext, trainer: ExtremaTrainer, stats: dict[str, Any], source: Any) -> None:
+def _save(ctx: StageContext, trainer: RewardTrainer, stats: dict[str, Any], source: Any) -> None:
     """``reward_model/`` from the final checkpoint (the merged backbone) and the trained head."""
     final = stats["last_checkpoint"]
     weights = read_weights(final)
