@@ -41,9 +41,30 @@ def variants(ctx: StageContext) -> list[Variant]:
     return build_variants(ctx.cfg.ablate, ctx.cfg)
 
 
+def settings_digest(ctx: StageContext, variant: Variant) -> str:
+    """A digest of what decides a variant's data: its curate, dedup and tokenize settings and the seed (the
+    stage's own fingerprint covers only the ``ablate:`` section)."""
+    from lmhpc.integrity import fingerprint_of, section_view
+
+    vcfg = variant_config(ctx.cfg, variant, ctx.stage_dir)
+    record = {s: section_view(vcfg, s) for s in ("curate", "dedup", "tokenize")}
+    record["variant"] = {"name": variant.name, "dedup": variant.dedup, "without_filter": variant.without_filter,
+                         "source": variant.source, "mix": variant.mix}
+    return fingerprint_of(record)
+
+
 def units(ctx: StageContext) -> list[str]:
-    """One unit per variant, the baseline first."""
-    return [v.name for v in variants(ctx)]
+    """One unit per variant, the baseline first: ``<variant>@<settings digest>``, so that a change of the curate,
+    dedup or tokenize settings after the stage started stops it (the units differ from the frozen list) rather
+    than mixing variants made under two settings."""
+    return [f"{v.name}@{settings_digest(ctx, v)}" for v in variants(ctx)]
+
+
+def unit_file(ctx: StageContext, unit: str) -> Path:
+    """The tokenizer model every variant is encoded with: frozen with the units, so a retrained tokenizer stops
+    a started stage too."""
+    cfg: AblateConfig = ctx.cfg.ablate
+    return ctx.cfg.path(cfg.tokenizer) if cfg.tokenizer else ctx.inputs["tokenizer"] / TOKENIZER_MODEL
 
 
 def variant_dir(ctx: StageContext, name: str) -> Path:
@@ -157,9 +178,11 @@ def _evaluate_step(ctx: StageContext, name: str, folder: Path, tokenizer: Path) 
 
 def process_unit(ctx: StageContext, index: int, unit: str) -> dict[str, Any]:
     """Make one variant's data, train its probe, score it; returns a summary (the full row is in result.json)."""
-    variant = next((v for v in variants(ctx) if v.name == unit), None)
-    if variant is None:
+    name = unit.split("@", 1)[0]
+    variant = next((v for v in variants(ctx) if v.name == name), None)
+    if variant is None or unit != f"{name}@{settings_digest(ctx, variant)}":
         raise StageFailed(f"ablate: unit {unit!r} is no variant of this config")
+    unit = name
     folder = variant_dir(ctx, unit)
     tokenizer = tokenizer_dir(ctx)
     vcfg = variant_config(ctx.cfg, variant, ctx.stage_dir)

@@ -199,3 +199,24 @@ def test_preflight_names_missing_inputs_and_eval_files(tmp_path):
         (tmp_path / name / "part.jsonl").write_text('{"text": "a b c"}\n')
     (tmp_path / "mine.jsonl").write_text('{"context": "a", "choices": ["b", "c"], "gold": 0}\n')
     assert preflight(cfg) == []
+
+
+def test_units_change_with_the_data_settings_not_with_what_does_not_matter(tmp_path):
+    from lmhpc.ablate import stage
+    from lmhpc.context import StageContext
+
+    def units(**extra):
+        cfg = _config(tmp_path, {"without": ["c4"], "without_dedup": True}, **extra)
+        return stage.units(StageContext(cfg=cfg, stage="ablate", input_dirs={"tokenizer": tmp_path}))
+
+    base = units()
+    assert [u.split("@")[0] for u in base] == [BASELINE, "without_c4", "without_dedup"]
+    assert units(curate={"inputs": [{"path": "web/*.jsonl", "source": "web"}, {"path": "prose/*.jsonl"},
+                                    {"path": "code/*.jsonl", "source": "code", "weight": 0.5}],
+                         "filters": {"per_source": {"code": {"gopher_quality": {"enabled": False},
+                                                             "code": {"enabled": True}}}},
+                         "progress_every_s": 5}) == base
+    changed = units(dedup={"exact": {"enabled": False}})
+    assert all(a != b for a, b in zip(changed, base))
+    seeded = units(run={"name": "a", "runs_dir": str(tmp_path / "runs"), "stages": ["ablate"], "seed": 9})
+    assert all(a != b for a, b in zip(seeded, base))
