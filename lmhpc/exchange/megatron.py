@@ -174,5 +174,14 @@ def read_megatron_checkpoint(step_dir, args: ModelArgs) -> dict[str, torch.Tenso
     folder = Path(step_dir) / CHECKPOINT_SUBDIR
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist (not a megatron backend checkpoint)")
-    plain = dist_checkpointing.load_plain_tensors(str(folder))
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:  # megatron's loader runs collectives: a one-process group will do
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        plain = dist_checkpointing.load_plain_tensors(str(folder))
+    finally:
+        if created:
+            dist.destroy_process_group()
     return from_megatron(unstack_layers(plain, args.n_layers), args)

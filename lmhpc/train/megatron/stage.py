@@ -151,6 +151,10 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
         if missing or unexpected:
             raise ValueError(f"pretrain.init_from: weights do not fit the megatron model: missing {missing[:4]}, "
                              f"unexpected {unexpected[:4]}")
+    if tcfg.bf16:  # bf16 parameters and compute; the optimizer keeps fp32 master weights
+        with quiet_megatron():
+            from megatron.core.transformer.module import Float16Module
+        chunks = [Float16Module(tcfg, m) for m in chunks]
     chunks = [DistributedDataParallel(config=tcfg, ddp_config=ddp_cfg, module=m, disable_bucketing=i > 0)
               for i, m in enumerate(chunks)]
     for c in chunks:
