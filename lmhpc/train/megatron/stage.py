@@ -177,13 +177,15 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     guard = SpikeGuard(cfg.spike)
 
     ckpt_dir = ctx.stage_dir / "checkpoints"
+    stepped = [False]  # has this process taken an optimizer step yet
 
-    def sharded_state() -> dict[str, Any]:
+    def sharded_state(loading: bool = False) -> dict[str, Any]:
         if len(chunks) == 1:
             state = {"model": chunks[0].module.sharded_state_dict()}
         else:
             state = {f"model{i}": c.module.sharded_state_dict() for i, c in enumerate(chunks)}
-        state["optimizer"] = optimizer.sharded_state_dict(state)
+        # loading: the optimizer describes states it has not created yet (no step taken in this process)
+        state["optimizer"] = optimizer.sharded_state_dict(state, is_loading=loading)
         return state
 
     def save(step: int, data_step: int) -> Path:
@@ -193,7 +195,9 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                 shutil.rmtree(path)
             (path / CHECKPOINT_SUBDIR).mkdir(parents=True)
         dist.barrier()
-        dist_checkpointing.save(sharded_state(), str(path / CHECKPOINT_SUBDIR))
+        # before the first optimizer step of this process the optimizer has no states to describe: ask for
+        # them as for loading (initialised ones), as megatron does
+        dist_checkpointing.save(sharded_state(loading=not stepped[0]), str(path / CHECKPOINT_SUBDIR))
         dist.barrier()
         if rank == 0:
             write_json(path / TRAIN_STATE, {
@@ -212,7 +216,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     step = data_step = 0
     if resume[0] is not None:
         path = step_dir(ckpt_dir, resume[0])
-        loaded = dist_checkpointing.load(sharded_state(), str(path / CHECKPOINT_SUBDIR))
+        loaded = dist_checkpointing.load(sharded_state(loading=True), str(path / CHECKPOINT_SUBDIR))
         for i, c in enumerate(chunks):
             c.module.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
         optimizer.load_state_dict(loaded["optimizer"])
@@ -268,6 +272,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
                 applied = False
             else:
                 ok, grad_norm, _ = optimizer.step()
+                stepped[0] = True
                 grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
                 applied = bool(ok)
                 if applied:
