@@ -177,7 +177,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     guard = SpikeGuard(cfg.spike)
 
     ckpt_dir = ctx.stage_dir / "checkpoints"
-    stepped = [False]  # has this process taken an optimizer step yet
+    stepped = [False]  # does the optimizer hold states yet (a step taken, or a checkpoint loaded)
 
     def sharded_state(loading: bool = False) -> dict[str, Any]:
         if len(chunks) == 1:
@@ -220,6 +220,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
         for i, c in enumerate(chunks):
             c.module.load_state_dict(loaded["model" if len(chunks) == 1 else f"model{i}"])
         optimizer.load_state_dict(loaded["optimizer"])
+        stepped[0] = True  # the optimizer holds states now
         state = json.loads((path / TRAIN_STATE).read_text())
         step, data_step = int(state["step"]), int(state["data_step"])
         guard.restore(state.get("spike_guard", {}))
