@@ -11,7 +11,7 @@ the JSON says so (``megatron_spec: local``, FP8 skipped).
 
 A conversion check follows: one set of weights (written as a consolidated folder) starts a 1-step run of
 each backend (``init_from``), whose step-1 losses (the same batch) must agree within bf16 tolerance; the
-megatron run's distributed checkpoint, read back with ``lmhpc.exchange.megatron.read_megatron_checkpoint``,
+megatron run's distributed checkpoint, read back with ``lmhpc.exchange.megatron.read_megatron_step``,
 must equal the starting weights up to the one tiny update (lr 1e-9).
 
     python tools/gpu_check_megatron.py --out bench/results/megatron_vs_native.json
@@ -156,7 +156,7 @@ def check_conversion(work: Path, prefix: Path, args: argparse.Namespace, spec: s
     """Same weights → same step-1 loss in both backends; megatron checkpoint → our weights."""
 
     from lmhpc.exchange.consolidated import write_consolidated
-    from lmhpc.exchange.megatron import read_megatron_checkpoint
+    from lmhpc.exchange.megatron import read_megatron_step
     from lmhpc.exchange.weights import ModelWeights, model_state
     from lmhpc.model.args import ModelArgs
     from lmhpc.model.transformer import Transformer
@@ -176,7 +176,7 @@ def check_conversion(work: Path, prefix: Path, args: argparse.Namespace, spec: s
         stats[backend] = launch(sec, work, f"convert-{backend}", args.timeout)
         losses[backend] = stats[backend]["final_loss"]
     gap = abs(losses["megatron"] - losses["native"]) / abs(losses["native"])
-    back = read_megatron_checkpoint(Path(stats["megatron"]["last_checkpoint"]), margs)
+    back = read_megatron_step(Path(stats["megatron"]["last_checkpoint"])).state
     ours = weights.state
     # the checkpoint's model tensors are bf16 (the fp32 master weights are the optimizer's): each tensor
     # must equal the start within bf16 rounding (2^-8 relative) plus the one lr-1e-9 update

@@ -185,3 +185,20 @@ def read_megatron_checkpoint(step_dir, args: ModelArgs) -> dict[str, torch.Tenso
         if created:
             dist.destroy_process_group()
     return from_megatron(unstack_layers(plain, args.n_layers), args)
+
+
+def read_megatron_step(step_dir):
+    """A megatron backend step folder as :class:`~lmhpc.exchange.weights.ModelWeights` (our names, the
+    shape from ``train_state.json``, the run's tokenizer files), ready for the consolidated / Hugging Face /
+    GGUF writers."""
+    from pathlib import Path
+
+    from lmhpc.exchange.pretrain_checkpoint import step_model_args, step_tokenizer_folder
+    from lmhpc.exchange.weights import ModelWeights, read_tokenizer_files
+
+    step = Path(step_dir)
+    args = step_model_args(step)
+    tokenizer = step_tokenizer_folder(step)
+    return ModelWeights(read_megatron_checkpoint(step, args), args,
+                        read_tokenizer_files(tokenizer) if tokenizer else {}, step,
+                        {"format": "megatron", "step": int(step.name.rpartition("-")[2])})
