@@ -110,7 +110,9 @@ def test_parallel_and_precision_fields_translate():
     plain = _cfg()
     plain.parallel = dataclasses.replace(plain.parallel, dp_replicate=4, dp_shard=1)
     assert not translate.ddp_config(plain, 4).use_distributed_optimizer
-    assert not translate.optimizer_config(plain).use_distributed_optimizer
+    assert not translate.optimizer_config(plain, 4).use_distributed_optimizer
+    assert not translate.optimizer_config(_cfg(), 1).use_distributed_optimizer  # one rank: dp_shard resolves to 1
+    assert translate.optimizer_config(_cfg(), 4).use_distributed_optimizer
     moe = _cfg(moe=MoEArgs(num_experts=4))
     moe.parallel = dataclasses.replace(moe.parallel, ep=2)
     assert translate.transformer_config(moe, 2).expert_model_parallel_size == 2
@@ -138,12 +140,12 @@ def test_optimizer_and_schedule_fields_translate():
                                         weight_decay=0.05, grad_clip=0.5, warmup_steps=7, schedule="wsd",
                                         decay_fraction=0.25)
     cfg.train.steps = 100
-    oc = translate.optimizer_config(cfg)
+    oc = translate.optimizer_config(cfg, 1)
     assert (oc.optimizer, oc.lr, oc.min_lr, oc.adam_beta1, oc.adam_beta2, oc.adam_eps) == \
         ("adam", 1e-3, 5e-5, 0.8, 0.9, 1e-6)
     assert oc.weight_decay == 0.05 and oc.clip_grad == 0.5
     cfg.optimizer = dataclasses.replace(cfg.optimizer, grad_clip=0)
-    assert translate.optimizer_config(cfg).clip_grad == 0.0
+    assert translate.optimizer_config(cfg, 1).clip_grad == 0.0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
               for i, m in enumerate(chunks)]
     for c in chunks:
         c.broadcast_params()
-    optimizer = get_megatron_optimizer(translate.optimizer_config(cfg), chunks)
+    optimizer = get_megatron_optimizer(translate.optimizer_config(cfg, world), chunks)
     tcfg.grad_scale_func = optimizer.scale_loss
     tcfg.finalize_model_grads_func = finalize_model_grads
     if ddp_cfg.overlap_grad_reduce:

@@ -254,7 +254,7 @@ def gpt_model_kwargs(cfg: PretrainConfig, vocab_size: int) -> dict[str, Any]:
             "share_embeddings_and_output_weights": cfg.model.tie_embeddings, "parallel_output": True}
 
 
-def optimizer_config(cfg: PretrainConfig):
+def optimizer_config(cfg: PretrainConfig, world: int):
     import torch
 
     from lmhpc.train.data import quiet_megatron
@@ -262,7 +262,7 @@ def optimizer_config(cfg: PretrainConfig):
     with quiet_megatron():
         from megatron.core.optimizer import OptimizerConfig
 
-    o, p = cfg.optimizer, cfg.parallel
+    o, p = cfg.optimizer, cfg.parallel.resolved(world)
     return OptimizerConfig(optimizer="adam", lr=o.lr, min_lr=o.lr * o.min_lr_ratio, weight_decay=o.weight_decay,
                            adam_beta1=o.betas[0], adam_beta2=o.betas[1], adam_eps=o.eps,
                            clip_grad=o.grad_clip if o.grad_clip > 0 else 0.0, bf16=cfg.train.precision == "bf16",
