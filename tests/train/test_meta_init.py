@@ -140,3 +140,24 @@ def test_losses_equal_eager_build(tmp_path, prepared_inputs, layout):
         losses[meta] = run.losses()
     assert len(losses[True]) == 3
     assert losses[True] == losses[False]
+
+
+@pytest.mark.parametrize("train", [{"activation_checkpointing": "full"}, {"fp8": True, "fp8_emulate": True}])
+def test_meta_build_under_wrappers(train):
+    """Activation checkpointing wrappers and float8 linear layers are applied to the meta model before it is
+    materialised: the values are still those of the eager build."""
+    from lmhpc.train.config import ParallelConfig, TrainConfig
+    from lmhpc.train.parallel import ParallelDims, parallelize
+
+    args = ModelArgs(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+    dims = ParallelDims.build(ParallelConfig(), 1, 0, "cpu")
+    cfg = TrainConfig(device="cpu", **train)
+    device = torch.device("cpu")
+    model = parallelize(meta_model(args), dims, cfg, device, lambda m: materialize(m, device, seed=9))
+    eager = parallelize(Transformer(args, init_seed=9), dims, cfg, device)
+    ours, theirs = _params(model), _params(eager)
+    assert ours.keys() == theirs.keys() and not is_meta(model)
+    for name in ours:
+        assert torch.equal(ours[name], theirs[name]), name
+    if "activation_checkpointing" in train:
+        assert any("_checkpoint_wrapped_module" in name for name in ours)
