@@ -1,1 +1,2 @@
-"""Weight quantization: round-to-nearest, NF4 and GPTQ, and a packed on-disk format."""
+"""Weight quantization (round-to-nearest, GPTQ, NF4, torchao int8), a packed on-disk format, quantized linear
+layers that dequantize on the fly, and the quantize stage."""
