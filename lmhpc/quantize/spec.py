@@ -6,6 +6,6 @@ from lmhpc.stages import StageSpec
 
 SPECS = [
     StageSpec("quantize", "lmhpc.quantize.stage", "single", config=QuantizeConfig,
-              reads=("pretrain", "sft", "ppo", "grpo", "tokenize", "tokenizer"), order=80,
+              reads=("pretrain", "sft", "dpo", "ppo", "grpo", "tokenize", "tokenizer"), order=80,
               preflight="lmhpc.quantize.preflight:preflight"),
 ]

@@ -39,11 +39,12 @@ def run_base(tmp_path_factory):
     return base
 
 
-def write_config(base, name: str, quantize: dict, stages: list[str] | None = None, pretrain: dict | None = None):
+def write_config(base, name: str, quantize: dict, stages: list[str] | None = None, pretrain: dict | None = None,
+                 **sections: dict):
     config = base / f"{name}.yaml"
     config.write_text(yaml.safe_dump({
         "run": {"name": "q", "runs_dir": str(base / "runs"), "stages": stages or ["quantize"]},
-        "wandb": {"mode": "disabled"}, "pretrain": pretrain or PRETRAIN, "quantize": quantize}))
+        "wandb": {"mode": "disabled"}, "pretrain": pretrain or PRETRAIN, "quantize": quantize, **sections}))
     return config
 
 
@@ -174,3 +175,19 @@ def test_other_architectures_and_missing_calibration_fail_before_work(tmp_path, 
     # a run that only quantizes is checked against the pretrain stage already in its folder
     with pytest.raises(ConfigError, match=r"quantize.methods\[0\].group_size.*24"):
         load_config(write_config(run_base, "g24", {"methods": [{"name": "a", "method": "rtn", "group_size": 24}]}))
+
+
+def test_reads_the_latest_model_stage_of_the_run_or_none_with_init_from(tmp_path):
+    from lmhpc.stages import STAGES
+
+    gptq = {"methods": [{"name": "g", "method": "gptq", "group_size": 32}]}
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "hello"}]}) + "\n")
+    cfg = load_config(write_config(tmp_path, "chain", gptq, stages=["pretrain", "sft", "quantize"],
+                                   sft={"data": ["chat.jsonl"]}))
+    assert STAGES["quantize"].reads_for(cfg) == ("sft", "tokenize", "tokenizer")
+    cfg = load_config(write_config(tmp_path, "rtn", {"methods": [{"name": "r", "group_size": 32}]},
+                                   stages=["pretrain", "quantize"]))
+    assert STAGES["quantize"].reads_for(cfg) == ("pretrain", "tokenizer")  # no GPTQ: no calibration shards
+    cfg = load_config(write_config(tmp_path, "init", {**gptq, "init_from": "model"}, stages=["pretrain", "quantize"]))
+    assert STAGES["quantize"].reads_for(cfg) == ("tokenize",)
