@@ -5,6 +5,7 @@ step, the model's shape and the run's tokenizer; a new run starts from a consoli
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def test_a_run_exports_and_another_starts_from_it(pretrain_run, tmp_path: Path) 
     with torch.no_grad():
         logits = loaded.model(torch.tensor([ids]))
     loss = torch.nn.functional.cross_entropy(logits[0, :-1], torch.tensor(ids[1:]))
-    assert loss.item() < 4.0  # learned something: ln(96) = 4.56 for a uniform guess
+    # learned something in 4 steps: ln(96) = 4.56 for a uniform guess, the run's own step-1 loss
+    assert loss.item() < math.log(96) - 0.25
 
     consolidated = write_consolidated(read_weights(step), tmp_path / "consolidated")
     second = pretrain_run("second", tiny_pretrain(train={"steps": 1}, optimizer={"lr": 1e-9, "warmup_steps": 0},
