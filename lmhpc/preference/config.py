@@ -82,6 +82,8 @@ class DpoConfig:
     - ``loss_type``: ``sigmoid`` (DPO), ``ipo`` (per-token averaged log-ratios), ``hinge`` (SLiC), ``robust``
       (with ``label_smoothing`` ε, the fraction of labels assumed flipped); ``beta``: the KL strength β (IPO's τ).
     - ``length_normalize``: every loss on per-token averaged log-ratios instead of summed ones.
+    - ``packing``: each pair as one ``prompt, chosen, rejected`` sequence (the prompt computed once, no padding;
+      the rejected response never attends to the chosen one); false: padded ``[chosen; rejected]`` rows.
     - ``init_from``: the starting model, also the reference (empty: the latest of the run's model stages).
     - ``train.global_batch_size`` counts pairs; ``train.max_len`` is the longest prompt+response kept.
     """
@@ -92,6 +94,7 @@ class DpoConfig:
     beta: float = 0.1
     label_smoothing: float = 0.0
     length_normalize: bool = False
+    packing: bool = True
     train: AlignTrainConfig = field(default_factory=lambda: AlignTrainConfig(lr=1e-6))
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 

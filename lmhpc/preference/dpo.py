@@ -1,12 +1,13 @@
 """The dpo stage: direct preference optimisation on the alignment core (:mod:`lmhpc.align.trainer`), against the
 reference log-probs the reference stage stored (only the policy is in memory).
 
-Per step: ``train.global_batch_size`` pairs drawn by the core's seeded epochs, each micro-batch laid out
-``[chosen; rejected]``, summed response log-probs of the policy, the loss of ``dpo.loss_type`` averaged over the
-global batch's pairs. Metrics as TRL 1.16 logs them: ``loss``, ``rewards/chosen``, ``rewards/rejected``,
-``rewards/accuracies``, ``rewards/margins``, ``logps/chosen``, ``logps/rejected`` (per pair), ``logits/chosen``,
-``logits/rejected``, ``entropy`` (per response token), ``mean_token_accuracy`` (chosen response tokens),
-``num_tokens`` (running total of prompt+response tokens).
+Per step: ``train.global_batch_size`` pairs drawn by the core's seeded epochs, each micro-batch packed (each pair's
+prompt once, then its chosen and rejected responses, no padding: :mod:`lmhpc.preference.packing`) or, with
+``dpo.packing: false``, padded ``[chosen; rejected]`` rows; summed response log-probs of the policy, the loss of
+``dpo.loss_type`` averaged over the global batch's pairs. Metrics as TRL 1.16 logs them: ``loss``,
+``rewards/chosen``, ``rewards/rejected``, ``rewards/accuracies``, ``rewards/margins``, ``logps/chosen``,
+``logps/rejected`` (per pair), ``logits/chosen``, ``logits/rejected``, ``entropy`` (per response token),
+``mean_token_accuracy`` (chosen response tokens), ``num_tokens`` (running total of prompt+response tokens).
 
 Outputs in ``<run>/dpo/``: ``checkpoints/step-N/`` (``lmhpc.exchange.load_model`` opens the folder; LoRA merged),
 ``tokenizer/``, ``metrics.jsonl``, ``quarantine/pairs.jsonl``.
@@ -33,8 +34,9 @@ from lmhpc.preference.common import (
 )
 from lmhpc.preference.config import MODEL_STAGES, REFERENCE, DpoConfig
 from lmhpc.preference.data import collate_pairs, pad_id_of
-from lmhpc.preference.logps import response_scores, split_pairs
+from lmhpc.preference.logps import packed_scores, response_scores, split_pairs
 from lmhpc.preference.losses import dpo_losses, dpo_metric_sums
+from lmhpc.preference.packing import pack_pairs, use_shared_prompt_attention
 
 log = logging.getLogger("lmhpc.dpo")
 
@@ -46,8 +48,11 @@ def dpo_loss_fn(cfg: DpoConfig):
     """The core's ``loss_fn(model, batch)``: (summed per-pair losses, pairs, metrics)."""
 
     def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, dict[str, Any]]:
-        ids, mask = batch["input_ids"], batch["response_mask"]
-        chosen, rejected = split_pairs(response_scores(model(ids), ids, mask))
+        if cfg.packing:
+            scores = packed_scores(model, batch)
+        else:
+            scores = response_scores(model(batch["input_ids"]), batch["input_ids"], batch["response_mask"])
+        chosen, rejected = split_pairs(scores)
         losses, chosen_rewards, rejected_rewards = dpo_losses(
             chosen.logps, rejected.logps, batch["ref_chosen"], batch["ref_rejected"], loss_type=cfg.loss_type,
             beta=cfg.beta, label_smoothing=cfg.label_smoothing, length_normalize=cfg.length_normalize,
@@ -78,14 +83,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
         files = preference_files(ctx, cfg.data, "dpo")
         data = read_preference_data(ctx, files, trainer.tokenizer, cfg.train.max_len, trainer.rank)
         check_reference(reference, data, model_fingerprint, ref_dir)
+        if cfg.packing:
+            use_shared_prompt_attention(trainer.model)
         pad_id = pad_id_of(trainer.tokenizer)
         log.info("dpo: %d pairs (%d quarantined) from %d files, loss %s, beta %g, reference log-probs from %s",
                  len(data.pairs), sum(data.quarantined.values()), len(files), cfg.loss_type, cfg.beta, ref_dir)
 
         def batch(slot: BatchSlot) -> dict[str, torch.Tensor]:
             index = slot.indices(len(data.pairs))
-            b = collate_pairs([data.pairs[i] for i in index], pad_id)
+            chosen = [data.pairs[i] for i in index]
             ref_chosen, ref_rejected = reference.for_pairs(index)
+            if cfg.packing:
+                return {**pack_pairs(chosen), "ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
+            b = collate_pairs(chosen, pad_id)
             return {"input_ids": b.input_ids, "response_mask": b.response_mask, "lengths": b.lengths,
                     "ref_chosen": ref_chosen, "ref_rejected": ref_rejected}
 

@@ -1,9 +1,9 @@
 """The reference stage: the frozen reference model's log-probs of every chosen and rejected response, computed once.
 
 The reference model is the model dpo starts from (``dpo.init_from``, or the latest of pretrain, sft that the run
-chains) and the pairs are dpo's (``dpo.data`` and the ai_feedback stage's pairs, ``dpo.train.max_len``). The
-pairs are split over the ranks (``index % world``), ``reference.batch_size`` per forward pass; rank 0 gathers and
-writes, in ``<run>/reference/``:
+chains) and the pairs are dpo's (``dpo.data`` and the ai_feedback stage's pairs, ``dpo.train.max_len``, packed as
+dpo packs them: ``dpo.packing``). The pairs are split over the ranks (``index % world``), ``reference.batch_size``
+per forward pass; rank 0 gathers and writes, in ``<run>/reference/``:
 
 - ``logps.npz``: ``chosen``, ``rejected`` (float32 summed log-probs of the response tokens, end token included)
   and ``chosen_tokens``, ``rejected_tokens`` (int64), indexed by pair index;
@@ -38,7 +38,8 @@ from lmhpc.preference.common import (
 )
 from lmhpc.preference.config import MODEL_STAGES, DpoConfig, ReferenceConfig
 from lmhpc.preference.data import collate_pairs, pad_id_of
-from lmhpc.preference.logps import batch_scores, split_pairs
+from lmhpc.preference.logps import batch_scores, packed_scores, split_pairs
+from lmhpc.preference.packing import pack_pairs, use_shared_prompt_attention
 from lmhpc.train.metrics import memory_stats
 from lmhpc.train.stage import init_distributed, pick_device
 
@@ -73,6 +74,8 @@ def _score(ctx: StageContext, cfg: ReferenceConfig, dpo: DpoConfig, device: torc
         param.requires_grad_(False)
         param.data = param.data.to(dtype)
     model.eval()
+    if dpo.packing:
+        use_shared_prompt_attention(model)
     del weights
     files = preference_files(ctx, dpo.data, "dpo")
     data = read_preference_data(ctx, files, tokenizer, dpo.train.max_len, rank)
@@ -86,8 +89,12 @@ def _score(ctx: StageContext, cfg: ReferenceConfig, dpo: DpoConfig, device: torc
             if ctx.should_stop():
                 raise Preempted(f"preemption signal after {start} of this rank's {len(mine)} pairs")
             chunk = mine[start:start + cfg.batch_size]
-            batch = collate_pairs(chunk, pad_id).to(device)
-            chosen, rejected = split_pairs(batch_scores(model, batch, stats=False))
+            if dpo.packing:
+                packed = {k: v.to(device) for k, v in pack_pairs(chunk).items()}
+                chosen, rejected = split_pairs(packed_scores(model, packed, stats=False))
+            else:
+                chosen, rejected = split_pairs(batch_scores(model, collate_pairs(chunk, pad_id).to(device),
+                                                            stats=False))
             for i, p in enumerate(chunk):
                 out[p.index] = (float(chosen.logps[i]), float(rejected.logps[i]), int(chosen.tokens[i]),
                                 int(rejected.tokens[i]))
