@@ -2,7 +2,7 @@
 # The main job: set up .venv (first time only), then run the whole pipeline on the shipped sample
 # corpus with the local executor, on this machine's CPUs; then write the run's report
 # (runs/demo/report/index.html), export the model (Hugging Face folder and Q8_0 GGUF under
-# runs/demo/export/) and generate a few tokens with it. Extra arguments go to `lmhpc run`.
+# runs/demo/export/) and generate a few tokens with it, plainly, speculatively and with Medusa heads. Extra arguments go to `lmhpc run`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash env/setup_cpu.sh
@@ -15,5 +15,13 @@ if [ -d "$run_dir/pretrain/checkpoints" ]; then
   .venv/bin/lmhpc export "$run_dir/pretrain" --format hf --out "$run_dir/export/hf" --overwrite
   .venv/bin/lmhpc export "$run_dir/pretrain" --format gguf --gguf-type q8_0 --out "$run_dir/export" --overwrite
   .venv/bin/lmhpc generate "$run_dir/pretrain" --prompt "The license" --max-new-tokens 24
+fi
+# the aligned model, decoded speculatively with the pretrained model as its draft (same output as greedy),
+# and the pretrained model with its Medusa heads
+if [ -d "$run_dir/dpo/checkpoints" ]; then
+  .venv/bin/lmhpc generate "$run_dir/dpo" --prompt "The license" --max-new-tokens 24 --speculative "$run_dir/pretrain"
+fi
+if [ -f "$run_dir/medusa/heads.safetensors" ]; then
+  .venv/bin/lmhpc generate "$run_dir/pretrain" --prompt "The license" --max-new-tokens 24 --medusa "$run_dir/medusa"
 fi
 echo "[demo] report: $run_dir/report/index.html; exports: $run_dir/export/"

@@ -1,9 +1,10 @@
-"""The evaluate stage's registration: it reads the pretrain and tokenizer stages, or the models it names."""
+"""The evaluate stage's registration: it reads the model stages the run chains (pretrain and the language models
+of alignment: sft, dpo, ppo, grpo) and the tokenizer, or the models it names."""
 
 from lmhpc.evaluate.config import EvaluateConfig
 from lmhpc.stages import StageSpec
 
 SPECS = [
-    StageSpec("evaluate", "lmhpc.evaluate.stage", "single", config=EvaluateConfig, reads=("pretrain", "tokenizer"),
-              order=70),
+    StageSpec("evaluate", "lmhpc.evaluate.stage", "single", config=EvaluateConfig,
+              reads=("pretrain", "sft", "dpo", "ppo", "grpo", "tokenizer"), order=70),
 ]
