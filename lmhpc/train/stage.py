@@ -174,9 +174,11 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
     dist.broadcast_object_list(resume, src=0)
     step = data_step = 0
     if resume[0] is not None:
+        t_load = time.perf_counter()
         state = ckpt.load(resume[0])
         step, data_step = int(state["step"]), int(state["data_step"])
         trainer.guard.restore(state.get("spike_guard", {}))
+        ctx.event("restored", step=step, seconds=round(time.perf_counter() - t_load, 3))
     start_step = step
     last_saved = step if resume[0] is not None else -1
 

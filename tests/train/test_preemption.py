@@ -9,6 +9,7 @@ import time
 import pytest
 
 from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
+from lmhpc.timing import read_events
 from lmhpc.train.checkpoint import complete_steps
 from lmhpc.train.metrics import read_metrics
 from tests.train.fixtures import tiny_pretrain
@@ -65,6 +66,9 @@ def test_signals_give_bitwise_identical_loss_curve(pretrain_run):
     log = (run.run_dir / "rank0.log").read_text()  # all of it: with a step line per step, logs()' tail is too short
     assert f"resumed from checkpoint step {first}" in log and f"resumed from checkpoint step {second}" in log
     assert complete_steps(run.stage_dir / "checkpoints") == [120, STEPS]  # keep_last=2
+    # each resume records how long restoring the checkpoint took (lmhpc status --timing)
+    restored = [e for e in read_events(run.stage_dir) if e["event"] == "restored"]
+    assert [e["step"] for e in restored] == [first, second] and all(e["seconds"] >= 0 for e in restored)
 
 
 @pytest.mark.slow
