@@ -99,20 +99,39 @@ class LoRAConfig:
     """Low-rank adapters (``rank`` 0: full fine-tuning). Each target linear ``W`` computes
     ``W x + (alpha / rank) · B A dropout(x)``; ``W`` is frozen, ``A`` (rank × in) and ``B`` (out × rank, zeros at
     first) train. Saved models have ``B A`` merged into ``W``. ``targets``: module names (wq wk wv wo of attention,
-    w1 w2 w3 of the SwiGLU FFN, output)."""
+    w1 w2 w3 of the SwiGLU FFN, output).
+
+    ``base``: how the frozen base is held. ``float``: as loaded. ``nf4`` (QLoRA): every block linear (wq wk wv wo
+    w1 w2 w3; not the embedding, norms or output head) becomes 4-bit NF4 with double quantization
+    (:class:`lmhpc.quantize.qlinear.NF4Linear`, about 4.1 bits a weight in memory), quantized from the starting
+    model at every start; the saved model is plain float: each NF4 layer's dequantized weight, plus ``B A`` for a
+    target. Needs ``rank > 0``. Under FSDP2 (``train.dp_shard`` > 1) the NF4 codes are buffers, which FSDP2 does
+    not shard: every rank holds the whole 4-bit base (about 0.52 bytes a weight), the embedding, norms and head
+    are sharded as usual."""
 
     rank: int = 0
     alpha: float = 16.0
     dropout: float = 0.0
     targets: list[str] = field(default_factory=lambda: ["wq", "wk", "wv", "wo"])
+    base: Literal["float", "nf4"] = "float"
+
+    @property
+    def nf4(self) -> bool:
+        return self.enabled and self.base == "nf4"
 
     @property
     def enabled(self) -> bool:
         return self.rank > 0
 
     def validate_at(self, prefix: str) -> None:
+        """Raise :class:`lmhpc.config.ConfigError` naming ``<prefix>.<key>`` for the first bad value."""
         if self.rank < 0:
             _fail(f"{prefix}.rank", f"must be >= 0 (0: full fine-tuning), got {self.rank}")
+        if self.base not in ("float", "nf4"):
+            _fail(f"{prefix}.base", f"must be 'float' or 'nf4' (QLoRA), got {self.base!r}")
+        if self.base == "nf4" and not self.enabled:
+            _fail(f"{prefix}.base", f"nf4 (QLoRA) trains adapters on a frozen 4-bit base: it needs {prefix}.rank > 0, "
+                  f"got {self.rank}")
         if not self.enabled:
             return
         if self.alpha <= 0:

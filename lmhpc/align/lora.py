@@ -9,6 +9,13 @@ save and puts them back exactly afterwards; :func:`merge_lora` merges for good a
 
 Initialisation and scaling follow ``peft``'s defaults: ``A`` Kaiming-uniform (a = √5), ``B`` zeros,
 scale ``alpha / rank``.
+
+QLoRA (``lora.base: nf4``): the trainer first swaps the block linears for frozen
+:class:`~lmhpc.quantize.qlinear.NF4Linear` layers (:func:`~lmhpc.quantize.qlinear.nf4_base`), which hold 4-bit
+codes and no float weight; adapters hook them like ``nn.Linear`` targets. For a save, :func:`merged_weights` puts
+a plain ``nn.Linear`` in each NF4 layer's place for the duration, holding its dequantized weight (plus
+``scale · B A`` for a target), so the state dict holds ``<name>.weight`` as for a float model and the NF4 codes
+are never written or changed; :func:`merge_lora` makes that swap for good.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import torch
 from torch import nn
 
 from lmhpc.align.config import LoRAConfig
+from lmhpc.quantize.qlinear import NF4Linear
+
+LINEAR_TYPES = (nn.Linear, NF4Linear)  # what adapters attach to
 
 
 def _key(name: str) -> str:
@@ -53,10 +63,12 @@ class LoRAAdapters(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.adapters = nn.ModuleDict()
-        self.targets: dict[str, nn.Linear] = {}  # plain dict: the model's modules are not ours to register
+        self.targets: dict[str, nn.Module] = {}  # plain dicts: the model's modules are not ours to register
+        # every NF4Linear of the model (targets or not): name -> (parent module, attribute name, the layer)
+        self.nf4: dict[str, tuple[nn.Module, str, NF4Linear]] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
-    def attach(self, name: str, linear: nn.Linear, cfg: LoRAConfig) -> None:
+    def attach(self, name: str, linear: nn.Module, cfg: LoRAConfig) -> None:
         adapter = LoRAAdapter(linear.in_features, linear.out_features, cfg.rank, cfg.alpha, cfg.dropout)
         self.adapters[_key(name)] = adapter
         self.targets[name] = linear
@@ -76,14 +88,18 @@ class LoRAAdapters(nn.Module):
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig, generator_seed: int | None = None) -> LoRAAdapters:
-    """Freeze ``model`` and attach adapters to every ``nn.Linear`` whose last name is in ``cfg.targets``
-    (before any parallel wrapping). ``generator_seed``: the seed of the ``A`` initialisation (default: the
-    global generator)."""
+    """Freeze ``model`` and attach adapters to every ``nn.Linear`` or ``NF4Linear`` whose last name is in
+    ``cfg.targets`` (before any parallel wrapping). ``generator_seed``: the seed of the ``A`` initialisation
+    (default: the global generator; the draws do not depend on whether the base is NF4)."""
     adapters = LoRAAdapters()
     for param in model.parameters():
         param.requires_grad_(False)
+    for name, m in model.named_modules():
+        if isinstance(m, NF4Linear):
+            parent_name, _, child = name.rpartition(".")
+            adapters.nf4[name] = (model.get_submodule(parent_name) if parent_name else model, child, m)
     targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name.split(".")[-1] in cfg.targets]
+               if isinstance(m, LINEAR_TYPES) and name.split(".")[-1] in cfg.targets]
     if not targets:
         raise ValueError(f"LoRA: no linear layer of the model is named one of {cfg.targets}")
     rng = contextlib.nullcontext() if generator_seed is None else torch.random.fork_rng(devices=[])
@@ -92,9 +108,14 @@ def apply_lora(model: nn.Module, cfg: LoRAConfig, generator_seed: int | None = N
             torch.manual_seed(generator_seed)
         for name, linear in targets:
             adapters.attach(name, linear, cfg)
-    first = targets[0][1].weight
-    adapters.to(device=first.device)
+    adapters.to(device=_device(targets[0][1]))
     return adapters
+
+
+def _device(module: nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
 
 
 def _local_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -106,25 +127,61 @@ def _local_delta(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return delta.to(weight.dtype)
 
 
+def _plain_linear(layer: NF4Linear, delta: torch.Tensor | None) -> nn.Linear:
+    """A frozen float ``nn.Linear`` holding ``layer``'s dequantized weight (+ ``delta``): what it stands for."""
+    weight = layer.dequantized()
+    if delta is not None:
+        weight = weight + delta.to(weight.dtype)
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
+    linear.weight = nn.Parameter(weight, requires_grad=False)
+    return linear
+
+
+def _plain_layers(adapters: LoRAAdapters) -> dict[str, nn.Linear]:
+    """For every NF4 layer: its plain stand-in, ``dequantize_nf4(codes) + scale · B A`` for a target."""
+    with torch.no_grad():
+        return {name: _plain_linear(layer, adapters.adapter(name).delta().detach() if name in adapters.targets
+                                    else None)
+                for name, (_, _, layer) in adapters.nf4.items()}
+
+
 @contextlib.contextmanager
 def merged_weights(adapters: LoRAAdapters) -> Iterator[None]:
-    """Inside: every target's weight is ``W + scale · B A``; after: exactly ``W`` again (restored from a copy)."""
+    """Inside: every float target's weight is ``W + scale · B A`` and every NF4 layer is replaced by a plain
+    ``nn.Linear`` (its dequantized weight, plus ``scale · B A`` for a target) under the same name, so a state
+    dict of the model is that of a plain float model; after: exactly as before (float weights restored from a
+    copy, the NF4 layers with their untouched codes put back)."""
     saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    swapped: list[tuple[nn.Module, str, NF4Linear]] = []
     with torch.no_grad():
         try:
             for name, linear in adapters.targets.items():
+                if isinstance(linear, NF4Linear):
+                    continue
                 weight = linear.weight
                 saved.append((weight, weight.detach().clone()))
                 weight.add_(_local_delta(weight, adapters.adapter(name).delta().detach()))
+            for name, plain in _plain_layers(adapters).items():
+                parent, child, layer = adapters.nf4[name]
+                setattr(parent, child, plain)
+                swapped.append((parent, child, layer))
             yield
         finally:
+            for parent, child, layer in swapped:
+                setattr(parent, child, layer)
             for weight, copy in saved:
                 weight.copy_(copy)
 
 
 def merge_lora(adapters: LoRAAdapters) -> None:
-    """Add every adapter into its base weight for good and remove the hooks (the model is plain again)."""
+    """Add every adapter into its base weight for good and remove the hooks (the model is plain again: NF4
+    layers become float ``nn.Linear`` layers holding their dequantized weight plus the adapter's delta)."""
     with torch.no_grad():
         for name, linear in adapters.targets.items():
-            linear.weight.add_(_local_delta(linear.weight, adapters.adapter(name).delta().detach()))
+            if not isinstance(linear, NF4Linear):
+                linear.weight.add_(_local_delta(linear.weight, adapters.adapter(name).delta().detach()))
+        for name, plain in _plain_layers(adapters).items():
+            parent, child, _ = adapters.nf4[name]
+            setattr(parent, child, plain)
     adapters.detach_hooks()
+    adapters.nf4.clear()

@@ -71,6 +71,7 @@ from lmhpc.exchange.load import build_model, read_weights, weights_tokenizer
 from lmhpc.exchange.weights import args_to_dict, write_tokenizer_files
 from lmhpc.launch.preempt import Preempted
 from lmhpc.model.transformer import Attention, Transformer, count_params
+from lmhpc.quantize.qlinear import nf4_base
 from lmhpc.train.checkpoint import (
     _OPTIM,
     TRAIN_STATE,
@@ -245,8 +246,10 @@ def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
 
 class AlignCheckpoints(CheckpointManager):
     """Pretrain's step folders, holding besides the policy (``model``, what ``lmhpc.exchange`` reads) the extra
-    modules and LoRA adapters (``extra``) and their optimizer. With LoRA the saved ``model`` is the merged one,
-    and a resume leaves the frozen base weights as loaded from the starting model."""
+    modules and LoRA adapters (``extra``) and their optimizer. With LoRA the saved ``model`` is the merged one
+    (with an NF4 base: each NF4 layer saved as ``<name>.weight``, its dequantized weight plus ``B A``, never its
+    codes), and a resume leaves the frozen base as built from the starting model (an NF4 base quantized again,
+    deterministically, to the same codes) and restores only the adapters, extras and their optimizer."""
 
     def __init__(self, folder: Path, policy: nn.Module, policy_opt: torch.optim.Optimizer | None,
                  extras: nn.Module, extras_opt: torch.optim.Optimizer | None, lora: LoRAAdapters | None,
@@ -335,6 +338,8 @@ class AlignTrainer:
             if "output" in lora.targets and self.args.tie_embeddings:
                 raise ValueError(f"{ctx.stage}.lora.targets: 'output' shares its weight with the embedding in this "
                                  "model (tie_embeddings); merging an adapter into it would change the embedding too")
+            if lora.nf4:  # QLoRA: the block linears become frozen NF4, quantized from the starting model (every
+                nf4_base(model)  # start: the same codes, so a resume needs only the adapters and their optimizer)
             self.lora = apply_lora(model, lora, generator_seed=self.seed)
         self.extras = nn.ModuleDict(dict(extra_modules or {}))
         if self.lora is not None:
@@ -476,8 +481,10 @@ class AlignTrainer:
         step = 0
         totals = {k: 0.0 for k in cumulative}
         if resume[0] is not None:
+            t_load = time.perf_counter()
             saved = self.checkpoints.load(resume[0])
             step = int(saved["step"])
+            ctx.event("restored", step=step, seconds=round(time.perf_counter() - t_load, 3))
             totals.update(saved.get("totals", {}))
             if restore is not None:
                 restore(saved.get("stage_state", {}))
