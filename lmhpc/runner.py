@@ -27,7 +27,7 @@ from lmhpc.integrity import (
     stage_fingerprint,
     write_start_record,
 )
-from lmhpc.launch.preempt import REQUEUE_EXIT_CODE, Preempted, PreemptionFlag, requeue_or_exit
+from lmhpc.launch.preempt import REQUEUE_EXIT_CODE, Preempted, requeue_or_exit, stage_flag
 from lmhpc.stages import STAGES
 from lmhpc.timing import record_event
 from lmhpc.track import open_tracker
@@ -240,7 +240,7 @@ def run_stage(
     if spec.kind == "array" and task is not None:
         rank, world = task, num_tasks or 1
     setup_logging(rank, quiet=spec.kind in ("mpi", "torch") and rank != 0)
-    flag = PreemptionFlag().install()
+    flag = stage_flag()
     stage_dir = cfg.run_dir / stage
     changed = check_recorded(cfg, stage, stage_dir)
     if changed:

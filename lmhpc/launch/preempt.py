@@ -55,6 +55,41 @@ class PreemptionFlag:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def adopt(self, other: PreemptionFlag) -> PreemptionFlag:
+        """Take over a signal ``other`` caught (the process's early flag, before this stage's flag existed)."""
+        if other._event.is_set():
+            self.signal_name = other.signal_name
+            self.time = self.time or other.time
+            self._event.set()
+        return self
+
+
+_EARLY = PreemptionFlag()
+
+
+def early_flag() -> PreemptionFlag:
+    """The process's flag from its first line until a stage installs its own (:func:`take_early_signal`).
+
+    A batch job's process imports for seconds (submitit, torch, W&B) before a stage runs; a preemption
+    signal in that window would otherwise kill it (the default action of SIGUSR2 and SIGTERM), leaving a
+    FAILED job whose dependants SLURM cancels. :mod:`lmhpc.launch.entry` installs this flag first thing,
+    and :class:`lmhpc.launch.slurm.StageJob` takes the signals back from submitit's handler before it
+    imports anything heavy."""
+    return _EARLY
+
+
+def stage_flag() -> PreemptionFlag:
+    """A fresh flag for one stage, installed, holding any signal the early flag caught (which is then
+    cleared: a second stage run in the same process starts clean)."""
+    flag = PreemptionFlag().install()
+    flag.adopt(_EARLY)
+    _EARLY._event.clear()
+    _EARLY.signal_name = _EARLY.time = None
+    if flag._event.is_set():
+        log.warning("a preemption signal (%s) arrived while the job was starting; the stage stops at its first "
+                    "boundary", flag.signal_name)
+    return flag
+
 
 FAILED_EXIT_CODE = 1  # preempted but not requeued (budget spent, requeue refused): the job ends FAILED
 

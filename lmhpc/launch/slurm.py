@@ -33,7 +33,7 @@ from submitit.helpers import Checkpointable
 from submitit.slurm.slurm import _make_sbatch_string
 
 from lmhpc.config import RunConfig, load_config
-from lmhpc.launch.preempt import REQUEUE_EXIT_CODE
+from lmhpc.launch.preempt import REQUEUE_EXIT_CODE, early_flag
 from lmhpc.launch.state import PipelineState
 from lmhpc.stages import STAGES
 
@@ -105,6 +105,9 @@ class StageJob(Checkpointable):
         self.finalize = finalize
 
     def __call__(self, task: int | None = None, num_tasks: int | None = None) -> int:
+        # submitit has just put its own handlers in place: take the preemption signals back before the
+        # heavy imports below (the flag keeps what arrived since the job's first line)
+        early_flag().install()
         from lmhpc.runner import run_stage
 
         os.environ["LMHPC_EXECUTOR"] = "slurm"
@@ -194,10 +197,19 @@ def sbatch_options(cfg: RunConfig, stage: str) -> list[str]:
     return out
 
 
+class LmhpcSlurmExecutor(submitit.SlurmExecutor):
+    """submitit's executor whose jobs start in :mod:`lmhpc.launch.entry` (the preemption flag is installed
+    before any import) instead of ``submitit.core._submit``."""
+
+    @property
+    def _submitit_command_str(self) -> str:
+        return " ".join([self.python, "-u -m lmhpc.launch.entry", shlex.quote(str(self.folder))])
+
+
 def make_executor(cfg: RunConfig, stage: str, finalize: bool = False, dependency: str | None = None):
     folder = cfg.run_dir / "slurm" / stage / "%j"
     res = cfg.resources_for(stage)
-    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=res.max_requeues)
+    executor = LmhpcSlurmExecutor(folder=folder, max_num_timeout=res.max_requeues)
     params = executor_parameters(cfg, stage, finalize)
     if dependency:
         params["additional_parameters"] = {**params["additional_parameters"], "dependency": dependency}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from lmhpc.launch.preempt import REQUEUE_EXIT_CODE, requeue_or_exit
 from tests.conftest import write_config
 from tests.helpers import curate_config
 
+REPO = Path(__file__).resolve().parents[2]
 SLURM_JOB = {"LMHPC_EXECUTOR": "slurm", "SLURM_JOB_ID": "41", "SLURM_PROCID": "0", "SLURM_RESTART_COUNT": "0"}
 
 
@@ -357,3 +359,33 @@ def test_sbatch_options_carry_the_stage_resources(tmp_path):
         "--time=60", "--mem=4096MB", "--cpus-per-task=1", "--nodes=2", "--signal=USR2@45", "--ntasks-per-node=4",
         "--gpus-per-node=1", "--partition=debug", "--account=proj",
     ]
+
+
+def test_signal_while_a_job_starts_is_kept_for_the_stage(tmp_path):
+    """A SIGUSR2 that arrives before any stage code exists (the job is still importing) does not kill the
+    process: lmhpc.launch.entry's flag keeps it, and the stage's flag takes it over (then the early flag is
+    clear again)."""
+    code = (
+        "import os, signal, sys\n"
+        "import lmhpc.launch.entry\n"  # what `python -m lmhpc.launch.entry` runs first
+        "os.kill(os.getpid(), signal.SIGUSR2)\n"
+        "import torch  # the heavy imports a job does before its stage runs\n"
+        "from lmhpc.launch.preempt import early_flag, stage_flag\n"
+        "assert early_flag().is_set() and early_flag().signal_name == 'SIGUSR2'\n"
+        "flag = stage_flag()\n"
+        "assert flag.is_set() and flag.signal_name == 'SIGUSR2' and not early_flag().is_set()\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"  # the stage's own flag now holds later signals
+        "assert not early_flag().is_set()\n"
+        "print('kept')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0 and "kept" in out.stdout, out.stderr[-2000:]
+
+
+def test_jobs_start_in_the_entry_module(tmp_path):
+    from lmhpc.launch.slurm import make_executor
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", curate_config(tmp_path, tmp_path / "corpus")))
+    ex = make_executor(cfg, "curate")
+    assert "-u -m lmhpc.launch.entry" in ex._submitit_command_str
+    assert "submitit.core._submit" not in ex._submitit_command_str
