@@ -6,6 +6,11 @@
 - Offline runs cannot be resumed by W&B, so each attempt writes its own offline folder, recorded in
   the state file, and steps an earlier attempt already logged are not logged again. ``lmhpc sync``
   then uploads the attempts in order under the one id, without duplicated steps.
+- An attempt killed without a save (``scontrol requeue``, a node lost, ``kill -9``) never wrote its last
+  rows: W&B commits a step's row only when a later step is logged, and its writer had not flushed. The
+  next attempt reads how far the earlier attempts' ``.wandb`` files really go, and logs the steps between
+  that and where it resumes from the stage's ``metrics.jsonl`` (the rows the checkpoint's run had, bitwise
+  the same losses) before its own first step; the state file records them as ``backfilled``.
 - Only rank 0 logs; ``step=`` is always explicit.
 """
 
@@ -78,6 +83,7 @@ class WandbTracker(Tracker):
         config: dict[str, Any],
         entity: str | None = None,
         tags: list[str] | None = None,
+        backfill: Path | None = None,
     ) -> None:
         import wandb
 
@@ -85,6 +91,15 @@ class WandbTracker(Tracker):
         state = read_json(self.state_path, default=None) or {"run_id": run_id, "attempts": [], "last_step": -1}
         self.state = state
         self.logged_before = int(state.get("last_step", -1))
+        self.backfill: Path | None = None
+        if mode == "offline" and state["attempts"]:
+            written = last_written_step(stage_dir)
+            if written < self.logged_before:
+                log.warning("W&B: the earlier attempts' offline logs end at step %d, not %d (killed before W&B "
+                            "wrote them); the steps up to where this attempt resumes come from %s",
+                            written, self.logged_before, backfill)
+                self.logged_before = written
+                self.backfill = backfill
         attempt = len(state["attempts"])
         attempt_dir = Path(stage_dir) / "wandb" / f"attempt-{attempt:03d}"
         attempt_dir.mkdir(parents=True, exist_ok=True)
@@ -120,6 +135,8 @@ class WandbTracker(Tracker):
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if step <= self.logged_before:
             return  # an earlier attempt logged this step already
+        if self.backfill is not None:
+            self._backfill(self.backfill, step)
         flat = flatten(metrics)
         if not flat:
             return
@@ -128,6 +145,22 @@ class WandbTracker(Tracker):
             self.last_step = step
             self.state["last_step"] = step
             write_json(self.state_path, self.state, fsync=False)
+
+    def _backfill(self, path: Path, before: int) -> None:
+        """Log the rows of ``path`` (``metrics.jsonl``) after the steps W&B has and before ``before``."""
+        self.backfill = None
+        rows = []
+        if Path(path).exists():
+            for line in Path(path).read_text().splitlines():
+                row = json.loads(line) if line.strip() else None
+                if row and self.logged_before < int(row["step"]) < before:
+                    rows.append(row)
+        rows.sort(key=lambda r: int(r["step"]))
+        for row in rows:
+            self.run.log(flatten(row), step=int(row["step"]))
+        if rows:
+            self.state["attempts"][-1]["backfilled"] = [int(rows[0]["step"]), int(rows[-1]["step"]), len(rows)]
+            log.info("W&B: logged steps %d..%d again from %s", rows[0]["step"], rows[-1]["step"], path)
 
     def summary(self, values: dict[str, Any]) -> None:
         for k, v in flatten(values).items():
@@ -160,6 +193,7 @@ def open_tracker(cfg: Any, stage: str, stage_dir: Path, rank: int) -> Tracker:
         mode=mode,
         config=to_dict(cfg),
         tags=cfg.wandb.tags,
+        backfill=stage_dir / "metrics.jsonl",
     )
 
 
@@ -177,6 +211,18 @@ def offline_run_dirs(stage_dir: Path) -> list[Path]:
         base = Path(stage_dir) / attempt["dir"] / "wandb"
         out.extend(sorted(base.glob("offline-run-*")))
     return out
+
+
+def last_written_step(stage_dir: Path) -> int:
+    """The last ``_step`` the earlier attempts' ``.wandb`` files hold (-1 if none): what W&B really has."""
+    last = -1
+    for d in offline_run_dirs(stage_dir):
+        try:
+            rows = read_history(d)
+        except (OSError, ValueError):  # killed before its log existed, or a torn record
+            continue
+        last = max([last, *(int(r["_step"]) for r in rows if "_step" in r)])
+    return last
 
 
 _HEADER = struct.Struct("<4sHB")  # ident ":W&B", magic 0xBEE1, version 0

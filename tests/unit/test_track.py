@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from lmhpc.config import load_config
@@ -66,3 +67,57 @@ def test_stage_logs_stats_and_never_writes_api_key(tmp_path, monkeypatch):
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f"API key written to {f}"
+
+
+KILLED_ATTEMPT = """
+import json, os, signal, sys
+from pathlib import Path
+from lmhpc.track import WandbTracker, run_id_for
+stage_dir = Path(sys.argv[1])
+t = WandbTracker(stage_dir=stage_dir, run_id=run_id_for(stage_dir.parent, "r", "pretrain"), project="p",
+                 group="r", job_type="pretrain", mode="offline", config={}, backfill=stage_dir / "metrics.jsonl")
+with open(stage_dir / "metrics.jsonl", "a") as f:
+    for step in range(1, 11):
+        row = {"step": step, "loss": 10.0 / step}
+        f.write(json.dumps(row) + "\\n")
+        f.flush()
+        t.log(row, step=step)
+os.kill(os.getpid(), signal.SIGKILL)  # scontrol requeue / a lost node: no finish, no flush
+"""
+
+
+def test_attempt_killed_without_finish_loses_no_step(tmp_path):
+    """The killed attempt's .wandb file stops short of the steps it logged (at least its last row is never
+    committed); the next attempt resumes from a checkpoint at step 8 and logs the missing steps from
+    metrics.jsonl first: every step 1..12 once, with the first attempt's losses."""
+    import subprocess
+    import sys
+
+    stage_dir = tmp_path / "r" / "pretrain"
+    stage_dir.mkdir(parents=True)
+    repo = Path(__file__).resolve().parents[2]
+    # its own W&B service, as a requeued job has (not this process's, which WANDB_SERVICE would name)
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    out = subprocess.run([sys.executable, "-c", KILLED_ATTEMPT, str(stage_dir)], cwd=repo, capture_output=True,
+                         text=True, timeout=120, env={**env, "WANDB_SILENT": "true"})
+    assert out.returncode == -9, out.stderr[-2000:]
+    state = json.loads((stage_dir / "wandb_state.json").read_text())
+    assert state["last_step"] == 10
+    written = [r["_step"] for d in offline_run_dirs(stage_dir) for r in read_history(d)]
+    assert max(written, default=0) < 10  # what the kill lost
+    # resume from the checkpoint at step 8: metrics.jsonl keeps steps <= 8, the run goes on from 9
+    rows = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    (stage_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= 8))
+    second = WandbTracker(stage_dir=stage_dir, run_id=run_id_for(stage_dir.parent, "r", "pretrain"), project="p",
+                          group="r", job_type="pretrain", mode="offline", config={},
+                          backfill=stage_dir / "metrics.jsonl")
+    for step in range(9, 13):
+        second.log({"step": step, "loss": 10.0 / step}, step=step)
+    second.finish()
+    history = [r for d in offline_run_dirs(stage_dir) for r in read_history(d)]
+    steps = [r["_step"] for r in history]
+    assert steps == list(range(1, 13))
+    assert {r["_step"]: r["loss"] for r in history} == {s: 10.0 / s for s in range(1, 13)}
+    state = json.loads((stage_dir / "wandb_state.json").read_text())
+    first_missing = max(written, default=0) + 1
+    assert state["attempts"][-1]["backfilled"] == [first_missing, 8, 8 - first_missing + 1]
