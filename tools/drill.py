@@ -4,10 +4,14 @@ check that nothing was lost.
     eval "$(bash tools/slurm_cluster.sh env)"
     .venv/bin/python tools/drill.py --faults 3 --seed 1 --runs-dir /tmp/drill --out /tmp/drill/drill.json
 
-Faults (seeded RNG, random times, only into RUNNING jobs, only kinds the runner is built to survive):
-``usr2`` (``scancel --signal=USR2``: the preemption signal, save + requeue), ``requeue``
-(``scontrol requeue`` of a data-stage job: its finished units are kept, the rest rerun), ``drain``
-(``scontrol update nodename=... state=drain``, then resume: running jobs go on, new ones wait).
+Faults (seeded RNG, random times, into RUNNING jobs of any stage, the kinds in turn):
+``usr2`` (``scancel --signal=USR2``: the preemption notice; the stage saves and requeues itself),
+``requeue`` (``scontrol requeue``: the job is killed without a save and requeued; the stage resumes from its
+last checkpoint or finished units), ``kill9`` (``kill -9`` of one rank's process, a data stage's when one is
+running: ``srun --kill-on-bad-exit`` ends the step and the job requeues itself, see lmhpc.launch.crash),
+``preempt`` (partition-priority preemption: a job in the ``urgent`` partition takes the whole node; SLURM
+sends SIGTERM, waits GraceTime and requeues the running jobs), ``drain`` (``scontrol update nodename=...
+state=drain``, then resume: running jobs go on, new ones wait).
 Checks: every stage DONE; data-stage outputs byte-identical to the clean run; training losses bitwise equal;
 no W&B step logged twice or missing; sacct shows the requeues.
 """
@@ -31,8 +35,7 @@ from lmhpc.track import offline_run_dirs, read_history  # noqa: E402
 
 FULL = ["curate", "dedup", "tokenizer", "tokenize", "pretrain", "constitutional", "sft", "ai_feedback", "reference",
         "dpo", "evaluate", "quantize"]
-QUICK = ["curate", "dedup", "tokenizer", "tokenize", "pretrain", "constitutional", "sft", "ai_feedback", "reference",
-         "dpo", "evaluate"]
+QUICK = FULL  # the same chain at the tiniest sizes
 DATA_STAGES = ["curate", "dedup"]
 TRAIN_STAGES = ["pretrain", "sft", "dpo"]
 
@@ -108,21 +111,36 @@ def stage_of(run_dir: Path, job: str) -> str | None:
     return None
 
 
-def under_way(run_dir: Path, stage: str, steps: dict[str, int]) -> bool:
-    """A training stage that has logged a step and has at least a quarter of its steps left: its preemption
-    handler is installed and it is not in its exit window. (Data stages at drill sizes finish their units in
-    under a second; a signal after a task's last unit fails the task, see the report.)"""
-    metrics = run_dir / stage / "metrics.jsonl"
-    if stage not in steps or not metrics.exists():
-        return False
-    return 2 <= len(metrics.read_text().splitlines()) < steps[stage] * 3 // 4
+def rank_pids(job: str) -> list[int]:
+    """The processes of a job that run a stage (started by ``srun``), not its batch shell or srun itself."""
+    pids = []
+    for line in sh("scontrol", "listpids", job).stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 3 or fields[2] == "batch" or not fields[0].isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{fields[0]}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"lmhpc.launch.entry" in cmdline:
+            pids.append(int(fields[0]))
+    return sorted(pids)
 
 
-def inject(kind: str, job: str, node: str) -> str:
+def inject(kind: str, job: str, node: str, rng: random.Random) -> str | None:
+    """Inject one fault; None when the job offered nothing to hit yet (no rank process), else the error."""
     if kind == "usr2":
         out = sh("scancel", "--signal=USR2", job)  # every step: the ranks honour it
     elif kind == "requeue":
         out = sh("scontrol", "requeue", job)
+    elif kind == "kill9":
+        pids = rank_pids(job)
+        if not pids:
+            return None
+        out = sh("kill", "-9", str(rng.choice(pids)))
+    elif kind == "preempt":  # a higher-priority partition takes the whole node for a few seconds
+        out = sh("sbatch", "--partition=urgent", "--exclusive", "--job-name=drill.urgent", "--output=/dev/null",
+                 "--wrap", "sleep 4")
     else:  # drain, wait a little, resume
         out = sh("scontrol", "update", f"nodename={node}", "state=drain", "reason=drill")
         time.sleep(3)
@@ -144,14 +162,17 @@ def faulty_run(config: Path, ovr: list[str], run_dir: Path, n: int, rng: random.
         if len(faults) < n and time.monotonic() >= next_at:
             jobs = [(j, s) for j, s in ((j, stage_of(run_dir, j)) for j, _ in running_jobs()) if s]
             kind = kinds[len(faults) % len(kinds)]
-            if kind != "drain":  # signals and requeues only where the runner is under way (handler installed)
-                jobs = [(j, s) for j, s in jobs if under_way(run_dir, s, steps)]
-            if jobs:
+            if kind == "kill9" and any(s not in steps for _, s in jobs):  # a data rank when there is one
+                jobs = [(j, s) for j, s in jobs if s not in steps]
+            if jobs:  # the jobs hit least so far (each job may be requeued resources.<stage>.max_requeues times)
+                hits = {j: sum(1 for f in faults if f["job"] == j) for j, _ in jobs}
+                jobs = [(j, s) for j, s in jobs if hits[j] == min(hits.values())]
                 job, stage = rng.choice(jobs)
-                err = inject(kind, job, node)
-                faults.append({"kind": kind, "job": job, "stage": stage, "t": time.time(), "error": err})
-                print(f"fault {len(faults)}: {kind} {job} ({stage}) {err}", flush=True)
-                next_at = time.monotonic() + rng.uniform(3, 10)
+                err = inject(kind, job, node, rng)
+                if err is not None:
+                    faults.append({"kind": kind, "job": job, "stage": stage, "t": time.time(), "error": err})
+                    print(f"fault {len(faults)}: {kind} {job} ({stage}) {err}", flush=True)
+                    next_at = time.monotonic() + rng.uniform(3, 10)
         time.sleep(1)
     raise RuntimeError(f"drill run not finished after {timeout}s: {status_rows(run_dir)}")
 
@@ -224,10 +245,10 @@ def check(clean: Path, drill: Path, stages: list[str], faults: list[dict]) -> di
         if dup or missing:
             problems.append(f"{stage}: W&B steps logged twice {dup}, missing {missing}")
     requeues = sacct_requeues(drill)
-    expected = sorted({f["stage"] for f in faults if f["kind"] in ("usr2", "requeue") and not f["error"]})
-    for stage in expected:
+    expected = sorted({f["stage"] for f in faults if f["kind"] in ("requeue", "kill9") and not f["error"]})
+    for stage in expected:  # (a USR2 after a stage's last step or unit is rightly ignored: nothing to save)
         if not requeues.get(stage):
-            problems.append(f"{stage}: signalled but sacct shows no requeue")
+            problems.append(f"{stage}: killed or requeued but sacct shows no requeue")
     survived = sum(1 for f in faults if not f["error"]) if not problems else 0
     return {"faults_injected": len(faults), "faults_survived": survived, "faults": faults,
             "sacct_requeues": requeues, "data_files_compared": {s: len(v) for s, v in hc.items()},
@@ -241,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-dir", type=Path, default=Path("/tmp/lmhpc-drill"))
     ap.add_argument("--quick", action="store_true", help="the shortest chain, tiniest sizes (CI)")
     ap.add_argument("--out", type=Path, help="write the summary as JSON")
-    ap.add_argument("--kinds", default="usr2,requeue,drain",
-                    help="fault kinds, injected in turn (usr2, requeue, drain)")
+    ap.add_argument("--kinds", default="usr2,requeue,kill9,preempt,drain",
+                    help="fault kinds, injected in turn (usr2, requeue, kill9, preempt, drain)")
     ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args(argv)
     stages = QUICK if args.quick else FULL
@@ -260,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = check(runs / "clean", runs / "drill", stages, faults)
     summary.update(stages=stages, seed=args.seed, clean_s=round(t_clean, 1), drill_s=round(t_drill, 1))
     summary["timing"] = json.loads(lmhpc("status", str(runs / "drill"), "--timing", "--json").stdout)
+    lmhpc("report", str(runs / "drill"))  # the run's report closes the chain
+    if not (runs / "drill" / "report" / "index.html").exists():
+        summary["problems"].append("report: no index.html")
+        summary["ok"] = False
     print(f"{'#':>2} {'fault':8} {'stage':10} job")
     for i, f in enumerate(faults, 1):
         print(f"{i:>2} {f['kind']:8} {f['stage']:10} {f['job']} {f['error']}")

@@ -158,15 +158,28 @@ def executor_parameters(cfg: RunConfig, stage: str, finalize: bool = False) -> d
         setup.append(f"export {name}={shlex.quote(value)}")
     setup += list(ex.setup)
     params["setup"] = setup
-    srun_args: list[str] = []
+    # one rank killed (kill -9, OOM, segfault) ends the step at once instead of leaving the others blocked
+    # in a collective until the time limit; lmhpc.launch.crash then requeues the job
+    srun_args: list[str] = ["--kill-on-bad-exit=1"]
+    # the batch shell runs outside any container: the interpreter that submitted, unless jobs name their own
+    python = shlex.quote((not ex.container and ex.python) or sys.executable)
     if spec.kind == "mpi" and not finalize:
         srun_args.append(f"--mpi={ex.mpi}")
+        # a requeued job keeps its id: clear what its killed ranks left in /dev/shm before MPI_Init
+        setup.append(f"{python} -m lmhpc.launch.crash --mpi-shm || true")
     if ex.container:
         srun_args.append(f"--container-image={ex.container}")
         if ex.container_mounts:
             srun_args.append(f"--container-mounts={','.join(ex.container_mounts)}")
-    if srun_args:
-        params["srun_args"] = srun_args
+    params["srun_args"] = srun_args
+    params["teardown"] = [
+        "lmhpc_code=$?",
+        'if [ "$lmhpc_code" -ge 128 ]; then',
+        f"  {python} -m lmhpc.launch.crash {stage} {shlex.quote(str(cfg.run_dir / stage))} {res.max_requeues} "
+        '"$lmhpc_code" && exit 75',
+        "fi",
+        'exit "$lmhpc_code"',
+    ]
     params["additional_parameters"] = {"requeue": True, "kill-on-invalid-dep": "yes"}
     return params
 

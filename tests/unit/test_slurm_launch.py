@@ -389,3 +389,60 @@ def test_jobs_start_in_the_entry_module(tmp_path):
     ex = make_executor(cfg, "curate")
     assert "-u -m lmhpc.launch.entry" in ex._submitit_command_str
     assert "submitit.core._submit" not in ex._submitit_command_str
+
+
+def test_a_killed_rank_requeues_the_job_unless_the_stage_failed_itself(tmp_path, monkeypatch, scontrol_calls):
+    """lmhpc.launch.crash after the step: exit 128+N with no failure recorded by the stage is a crash (the job
+    is requeued, within max_requeues); an ordinary exit code, or the stage's own failure, is not retried."""
+    from lmhpc.launch.crash import after_step
+    from lmhpc.timing import record_event
+
+    _job_env(monkeypatch, **SLURM_JOB)
+    stage_dir = tmp_path / "dedup"
+    assert not after_step("dedup", stage_dir, 3, 1)  # a Python failure: srun's own code
+    assert not after_step("dedup", stage_dir, 3, 75)  # the stage saved and requeued itself
+    assert after_step("dedup", stage_dir, 3, 137)  # kill -9 of a rank
+    assert scontrol_calls == [["scontrol", "requeue", "41"]]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    assert not after_step("dedup", stage_dir, 3, 137)  # the budget is spent
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    record_event(stage_dir, "end", attempt=1, code=1)  # this job's attempt 1 failed on its own
+    assert not after_step("dedup", stage_dir, 3, 143)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # a later attempt of the same job that was killed
+    assert after_step("dedup", stage_dir, 3, 143)
+    assert len(scontrol_calls) == 2
+
+
+def test_rendered_jobs_end_the_step_on_a_dead_rank_and_requeue_after_a_crash(tmp_path):
+    from lmhpc.launch.slurm import render_scripts
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", curate_config(tmp_path, tmp_path / "corpus")))
+    script = next(iter(render_scripts(cfg, ["curate"]).values()))
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    assert "--kill-on-bad-exit=1" in srun and srun.endswith(str(cfg.run_dir / "slurm" / "curate" / "%j"))
+    after = script[script.index(srun) + len(srun):]
+    assert after.split("lmhpc_code=$?")[0].strip("\n #teardown") == ""  # nothing runs between srun and $?
+    assert f"-m lmhpc.launch.crash curate {cfg.run_dir / 'curate'} " in after
+    assert after.rstrip().endswith('exit "$lmhpc_code"')
+
+
+def test_only_unmapped_old_mpi_segments_are_orphans(tmp_path):
+    """What a killed rank leaves in /dev/shm is removed before a requeued MPI job starts; a segment a live
+    process maps, one just created, or another program's file is kept."""
+    import mmap
+    import time as _time
+
+    from lmhpc.launch.crash import orphan_mpi_shm
+
+    old = _time.time() - 60
+    dead = tmp_path / "mpich_shm_1f2e3d4c_0"
+    live = tmp_path / "mpich_vci_1f2e3d4c_0"
+    fresh = tmp_path / "mpich_shm_99_0"
+    other = tmp_path / "mpich_notes_0"
+    for path in (dead, live, fresh, other):
+        path.write_bytes(b"\0" * 4096)
+    for path in (dead, live, other):
+        os.utime(path, (old, old))
+    with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096):
+        assert orphan_mpi_shm(tmp_path) == [dead]
+    assert orphan_mpi_shm(tmp_path) == [dead, live]
