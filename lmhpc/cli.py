@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["stage"]:  # a batch job's process: keep a preemption signal that comes while it imports
+        from lmhpc.launch.preempt import early_flag
+
+        early_flag().install()
     if argv[:1] == ["curate"]:
         return _curate_tool(argv[1:])
     if argv[:1] and argv[0] in TOOLS:

@@ -24,6 +24,10 @@ lmhpc_array_task() {
 lmhpc_stage() {
   local stage=$1; shift
   # python on every task of this step; MPI stages add --mpi via LMHPC_SRUN_ARGS
+  case " ${LMHPC_SRUN_ARGS:-} " in
+    # a requeued job keeps its id, and MPICH its shared-memory name: clear what killed ranks left behind
+    *" --mpi="*) "$LMHPC_PYTHON" -m lmhpc.launch.crash --mpi-shm || true ;;
+  esac
   # shellcheck disable=SC2086
   srun --kill-on-bad-exit=1 ${LMHPC_SRUN_ARGS:-} "$LMHPC_PYTHON" -m lmhpc stage "$stage" "$@"
 }

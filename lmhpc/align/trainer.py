@@ -507,6 +507,9 @@ class AlignTrainer:
             while step < cfg.steps:
                 (stop,) = _all_reduce([float(ctx.should_stop())], op="max")
                 if stop:
+                    if step == 0:  # nothing trained: the next attempt starts over, exactly as this one did
+                        # (a step-0 save would not be neutral: DCP fills an empty Adam state with a zero-lr step)
+                        raise Preempted("preemption signal before the first step: nothing to save")
                     if last_saved != step:
                         self.checkpoints.save(step, train_state())
                     raise Preempted(f"preemption signal: checkpoint at step {step} saved")

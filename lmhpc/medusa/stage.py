@@ -92,6 +92,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     try:
         while trainer.step < cfg.steps:
             if ctx.should_stop():
+                if trainer.step == 0:  # nothing trained: the next attempt starts over, exactly as this one did
+                    raise Preempted("preemption signal before the first step: nothing to save")
                 trainer.save(checkpoints)
                 raise Preempted(f"preemption signal: checkpoint at step {trainer.step} saved")
             last = trainer.train_step()

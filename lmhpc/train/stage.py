@@ -209,6 +209,8 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
             prepared, stop = trainer.prepare_step(data_step, ctx.should_stop())
             if stop:
                 ckpt.finish_pending()
+                if step == 0:  # nothing trained: the next attempt starts over, exactly as this one did
+                    raise Preempted("preemption signal before the first step: nothing to save")
                 if last_saved != step:
                     ckpt.save(step, train_state(), synchronous=True)
                 raise Preempted(f"preemption signal: checkpoint at step {step} saved")

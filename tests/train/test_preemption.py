@@ -82,3 +82,32 @@ def test_signal_to_one_rank_stops_all_ranks(pretrain_run):
     _interrupt(run, 5, signal.SIGUSR2, [1])
     assert run.run() == [0, 0], run.logs()
     assert run.losses() == reference.losses()
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+def test_signal_before_the_first_step_saves_nothing_and_changes_nothing(pretrain_run):
+    """A preemption signal while the job is still importing (``lmhpc stage`` keeps it from its first lines)
+    stops the stage before step 1 without a checkpoint: a step-0 save would not be neutral (DCP fills an empty
+    Adam state with a zero-lr step, which shifts the bias correction), so the next attempt starts over and its
+    losses equal an uninterrupted run's."""
+    reference = pretrain_run("uninterrupted", tiny_pretrain(train={"steps": 6}))
+    assert reference.run() == [0], reference.logs()
+    run = pretrain_run("early", tiny_pretrain(train={"steps": 6}))
+    (proc,) = run.start()
+    deadline = time.time() + 60
+    while not _catches(proc.pid, signal.SIGUSR2):
+        assert proc.poll() is None and time.time() < deadline, run.logs()
+        time.sleep(0.005)
+    assert _rows(run) == 0
+    proc.send_signal(signal.SIGUSR2)
+    assert proc.wait(timeout=180) == REQUEUE_EXIT_CODE, run.logs()
+    assert complete_steps(run.stage_dir / "checkpoints") == []
+    assert "before the first step: nothing to save" in run.logs()
+    assert run.run() == [0], run.logs()
+    assert run.losses() == reference.losses()

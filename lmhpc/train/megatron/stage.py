@@ -242,6 +242,8 @@ def train(ctx: StageContext, cfg: PretrainConfig, device: torch.device) -> dict[
             flag = torch.tensor([1.0 if ctx.should_stop() else 0.0], device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             if flag.item() > 0:
+                if step == 0:  # nothing trained: the next attempt starts over, exactly as this one did
+                    raise Preempted("preemption signal before the first step: nothing to save")
                 if last_saved != step:
                     save(step, data_step)
                 raise Preempted(f"preemption signal: checkpoint at step {step} saved")
