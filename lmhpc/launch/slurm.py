@@ -6,7 +6,9 @@
 - torch stages: one task per GPU (or per process on CPU) with submitit's
   ``TorchDistributedEnvironment``;
 - every job: ``--requeue``, ``--kill-on-invalid-dep=yes`` (a failed stage cancels its dependants),
-  ``--signal=USR2@<delay>`` and ``--open-mode=append`` (from submitit).
+  ``--signal=USR2@<delay>`` and ``--open-mode=append`` (from submitit); its processes start in
+  :mod:`lmhpc.launch.entry` (the preemption flag before any import), ``srun --kill-on-bad-exit=1`` ends
+  the step when a rank dies, and :mod:`lmhpc.launch.crash` then requeues a job killed by a signal.
 
 The job itself is :class:`StageJob`, a ``Checkpointable``: on requeue it runs again and the stage
 resumes from what it saved. Submitted from inside a running job, the new jobs do not inherit that
