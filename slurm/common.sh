@@ -28,8 +28,15 @@ lmhpc_stage() {
     # a requeued job keeps its id, and MPICH its shared-memory name: clear what killed ranks left behind
     *" --mpi="*) "$LMHPC_PYTHON" -m lmhpc.launch.crash --mpi-shm || true ;;
   esac
+  local code=0
   # shellcheck disable=SC2086
-  srun --kill-on-bad-exit=1 ${LMHPC_SRUN_ARGS:-} "$LMHPC_PYTHON" -m lmhpc stage "$stage" "$@"
+  srun --kill-on-bad-exit=1 ${LMHPC_SRUN_ARGS:-} "$LMHPC_PYTHON" -m lmhpc stage "$stage" "$@" || code=$?
+  # a rank killed by a signal (kill -9, OOM, segfault) without the stage failing on its own: requeue the job
+  # (within resources.<stage>.max_requeues); it resumes from its finished units or last checkpoint
+  if [ "$code" -ge 128 ] && "$LMHPC_PYTHON" -m lmhpc.launch.crash --stage-args "$code" "$stage" "$@"; then
+    exit 75
+  fi
+  return "$code"
 }
 
 # torch stages: rendezvous on the first node of the allocation

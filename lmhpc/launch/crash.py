@@ -2,6 +2,7 @@
 an MPI job's step: remove the shared memory that killed MPI ranks left behind.
 
     python -m lmhpc.launch.crash STAGE STAGE_DIR MAX_REQUEUES EXIT_CODE
+    python -m lmhpc.launch.crash --stage-args EXIT_CODE STAGE CONFIG [overrides] [--task I ...]   (slurm/common.sh)
     python -m lmhpc.launch.crash --mpi-shm
 
 Every SLURM job lmhpc submits runs this after ``srun`` (``srun --kill-on-bad-exit=1`` ends the other ranks
@@ -98,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--mpi-shm"]:
         remove_orphan_mpi_shm()
         return 0
+    if args[:1] == ["--stage-args"]:  # the arguments of `lmhpc stage`, as slurm/common.sh has them
+        from lmhpc.cli import build_parser
+        from lmhpc.config import load_config
+
+        code, stage_args = int(args[1]), build_parser().parse_args(["stage", *args[2:]])
+        cfg = load_config(stage_args.config, stage_args.overrides)
+        requeued = after_step(stage_args.name, cfg.run_dir / stage_args.name,
+                              cfg.resources_for(stage_args.name).max_requeues, code)
+        return 0 if requeued else 1
     stage, stage_dir, max_requeues, code = args
     return 0 if after_step(stage, Path(stage_dir), int(max_requeues), int(code)) else 1
 

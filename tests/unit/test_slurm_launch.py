@@ -446,3 +446,17 @@ def test_only_unmapped_old_mpi_segments_are_orphans(tmp_path):
     with open(live, "r+b") as f, mmap.mmap(f.fileno(), 4096):
         assert orphan_mpi_shm(tmp_path) == [dead]
     assert orphan_mpi_shm(tmp_path) == [dead, live]
+
+
+def test_plain_sbatch_crash_check_reads_the_stage_arguments(tmp_path, monkeypatch, scontrol_calls):
+    """slurm/common.sh passes `lmhpc stage`'s own arguments: the stage folder and the requeue budget come from
+    the config and its overrides."""
+    from lmhpc.launch.crash import main
+
+    _job_env(monkeypatch, **SLURM_JOB)
+    path = write_config(tmp_path / "c.yaml", curate_config(tmp_path, tmp_path / "corpus"))
+    assert main(["--stage-args", "137", "curate", str(path), "--task", "0"]) == 0
+    assert scontrol_calls == [["scontrol", "requeue", "41"]]
+    assert main(["--stage-args", "137", "curate", str(path), "resources.curate.max_requeues=0"]) == 1
+    assert main(["--stage-args", "1", "curate", str(path)]) == 1
+    assert len(scontrol_calls) == 1
