@@ -56,11 +56,14 @@ class PreemptionFlag:
         return self._event.is_set()
 
     def adopt(self, other: PreemptionFlag) -> PreemptionFlag:
-        """Take over a signal ``other`` caught (the process's early flag, before this stage's flag existed)."""
+        """Take over a signal ``other`` caught (the process's early flag, before this stage's flag existed);
+        ``other`` is clear afterwards."""
         if other._event.is_set():
             self.signal_name = other.signal_name
             self.time = self.time or other.time
             self._event.set()
+        other._event.clear()
+        other.signal_name = other.time = None
         return self
 
 
@@ -68,7 +71,7 @@ _EARLY = PreemptionFlag()
 
 
 def early_flag() -> PreemptionFlag:
-    """The process's flag from its first line until a stage installs its own (:func:`take_early_signal`).
+    """The process's flag from its first line until a stage installs its own (:func:`stage_flag`).
 
     A batch job's process imports for seconds (submitit, torch, W&B) before a stage runs; a preemption
     signal in that window would otherwise kill it (the default action of SIGUSR2 and SIGTERM), leaving a
@@ -83,8 +86,6 @@ def stage_flag() -> PreemptionFlag:
     cleared: a second stage run in the same process starts clean)."""
     flag = PreemptionFlag().install()
     flag.adopt(_EARLY)
-    _EARLY._event.clear()
-    _EARLY.signal_name = _EARLY.time = None
     if flag._event.is_set():
         log.warning("a preemption signal (%s) arrived while the job was starting; the stage stops at its first "
                     "boundary", flag.signal_name)
